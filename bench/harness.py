@@ -1,0 +1,414 @@
+"""How does the gateway compare with no proxy and with nginx doing the same job minus minting?
+
+Started by ``bench/run`` (see bench/README.md). CPU layout on the 2-core machine: the gateway alone on
+CPU 1; the upstream stub, nginx, wrk and the Python load generator share CPU 0, so the gateway's
+figures are what one core buys. Prints a table, then one JSON line, also written to
+bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from procs import (
+    BENCH,
+    STATIC_TOKEN,
+    Processes,
+    RssSampler,
+    free_port,
+    gateway_conf,
+    http_get,
+    log_tail,
+    nginx_conf,
+    wait_http,
+    wait_port,
+)
+
+PAGE = "/zaken/api/v1/zaken"
+DOWNLOAD = "/documenten/api/v1/enkelvoudiginformatieobjecten/0c47fe5e-4fe1-4781-8583-168e0730c9b6/download"
+UPLOAD = "/documenten/api/v1/bestandsdelen/7d0e4b2c-2b7a-4c59-8b8a-0a8b5f3f6a10"
+LOAD_CPU, GATEWAY_CPU = 0, 1
+GATEWAY_CMD = ["uv", "run", "--no-sync", "zgw-gateway"]
+MB = 1024 * 1024
+
+
+@dataclass
+class Target:
+    """One way to reach the upstream: its port and the headers a caller sends on it."""
+
+    name: str
+    port: int
+    headers: dict[str, str]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def header_args(self) -> list[str]:
+        return [arg for k, v in self.headers.items() for arg in ("-H", f"{k}: {v}")]
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    workdir: Path
+    procs: Processes
+    paths: dict[str, Target] = field(default_factory=dict)
+    gateway: subprocess.Popen[bytes] | None = None
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway_config: Path | None = None
+    admin_port: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def start_upstream(self) -> None:
+        port = free_port()
+        proc = self.procs.start(
+            "upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], LOAD_CPU
+        )
+        wait_port(port, proc)
+        self.paths["direct"] = Target(
+            "direct", port, {"Authorization": f"Bearer {STATIC_TOKEN}", "Accept-Crs": "EPSG:4326"}
+        )
+
+    def start_nginx(self) -> None:
+        port = free_port()
+        conf = nginx_conf(self.workdir, port, self.paths["direct"].port)
+        argv = [
+            "nginx",
+            "-p",
+            str(self.workdir / "nginx"),
+            "-c",
+            str(conf),
+            "-e",
+            str(self.workdir / "nginx/error.log"),
+        ]
+        proc = self.procs.start("nginx", argv, LOAD_CPU)
+        wait_port(port, proc)
+        self.paths["nginx"] = Target("nginx", port, {})
+
+    def start_gateway(self) -> None:
+        if self.gateway_config is None:
+            port, self.admin_port = free_port(), free_port()
+            self.gateway_config = gateway_conf(self.workdir, port, self.admin_port, self.paths["direct"].port)
+            key = secrets.token_urlsafe(24)
+            self.gateway_env = {"BENCH_API_KEY": key, "BENCH_SECRET": secrets.token_urlsafe(32)}
+            self.paths["gateway"] = Target("gateway", port, {"X-API-Key": key})
+        argv = [*GATEWAY_CMD, "serve", "--config", str(self.gateway_config)]
+        self.gateway = self.procs.start("gateway", argv, GATEWAY_CPU, self.gateway_env)
+        try:
+            wait_http(self.admin_port, "/-/ready", self.gateway, timeout=60)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{log_tail(self.workdir, 'gateway')}") from exc
+
+    def restart_gateway(self) -> None:
+        if self.gateway is not None:
+            self.procs.stop(self.gateway)
+        self.start_gateway()
+
+    def check_paths(self) -> None:
+        """Every path answers the page with 200 before anything is measured (proves the injected headers)."""
+        for p in self.paths.values():
+            status, body = http_get(p.port, PAGE, p.headers)
+            if status != 200 or b'"results"' not in body:
+                raise RuntimeError(f"{p.name}: GET {PAGE} answered {status}: {body[:200]!r}")
+
+    def gateway_rss(self) -> RssSampler:
+        if self.gateway is None:
+            raise RuntimeError("the gateway is not running")
+        return RssSampler(self.gateway.pid)
+
+    def throughput(self) -> None:
+        rounds, duration = self.args.rounds, self.args.duration
+        for p in self.paths.values():
+            wrk(p, PAGE, max(1, duration // 3))  # warm-up: connections, caches, the first token
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in self.paths}
+        steady: list[int] = []
+        for r in range(rounds):
+            for name, p in self.paths.items():
+                if name == "gateway":
+                    with self.gateway_rss() as rss:
+                        run = wrk(p, PAGE, duration)
+                    steady.extend(rss.samples[len(rss.samples) // 5 :])  # skip the ramp-up
+                else:
+                    run = wrk(p, PAGE, duration)
+                runs[name].append(run)
+                print(f"  round {r + 1}/{rounds} {name:8} {run['rps']:10.0f} req/s  errors {run['errors']}")
+        self.result["throughput"] = {
+            name: {
+                "rps_median": statistics.median(x["rps"] for x in rs),
+                "rps_runs": [round(x["rps"]) for x in rs],
+                "p50_ms": statistics.median(x["p50_ms"] for x in rs),
+                "p99_ms": statistics.median(x["p99_ms"] for x in rs),
+                "errors": sum(x["errors"] for x in rs),
+            }
+            for name, rs in runs.items()
+        }
+        if steady:
+            self.result["steady_rss_mb"] = {
+                "median": statistics.median(steady) / MB,
+                "max": max(steady) / MB,
+            }
+
+    def latency(self) -> None:
+        out = {}
+        for name, p in self.paths.items():
+            out[name] = loadgen(
+                "rate",
+                p.url(PAGE),
+                p.header_args(),
+                ["--rate", str(self.args.rate), "--duration", str(self.args.latency_duration)],
+                timeout=self.args.latency_duration + 60,
+            )
+            r = out[name]
+            print(
+                f"  {name:8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  statuses {r['statuses']}"
+            )
+        self.result["latency"] = out
+
+    def stream(self) -> None:
+        size = self.args.stream_mib * MB
+        out: dict[str, Any] = {}
+        for mode, path in (("download", DOWNLOAD), ("upload", UPLOAD)):
+            out[mode] = {}
+            for name in ("direct", "nginx", "gateway"):
+                p = self.paths.get(name)
+                if p is None:
+                    continue
+                timeout = 600
+                if name == "gateway":
+                    with self.gateway_rss() as rss:
+                        time.sleep(0.2)
+                        before = rss.now()
+                        r = loadgen(mode, p.url(path), p.header_args(), ["--size", str(size)], timeout)
+                        time.sleep(0.5)
+                        after = rss.now()
+                    r["rss_mb"] = {
+                        "before": before / MB,
+                        "peak": rss.peak / MB,
+                        "after": after / MB,
+                        "growth": (rss.peak - before) / MB,
+                    }
+                else:
+                    r = loadgen(mode, p.url(path), p.header_args(), ["--size", str(size)], timeout)
+                ok = r["status"] == 200 and (
+                    r["bytes"] == size if mode == "download" else r["received"] == size
+                )
+                r["ok"] = ok
+                r["mib_per_s"] = size / MB / r["seconds"]
+                out[mode][name] = r
+                growth = f"  RSS growth {r['rss_mb']['growth']:.1f} MB" if "rss_mb" in r else ""
+                print(
+                    f"  {mode:8} {name:8} {r['seconds']:6.2f} s {r['mib_per_s']:8.0f} MiB/s  ok={ok}{growth}"
+                )
+        self.result["stream"] = {"size_mib": self.args.stream_mib, **out}
+
+    def burst(self) -> None:
+        self.restart_gateway()
+        before = tokens_minted(self.admin_port)
+        p = self.paths["gateway"]
+        r = loadgen("burst", p.url(PAGE), p.header_args(), ["-n", str(self.args.burst)], timeout=120)
+        after = tokens_minted(self.admin_port)
+        r["tokens_minted"] = after
+        r["tokens_minted_during_burst"] = None if after is None or before is None else after - before
+        print(f"  burst of {r['requests']} in {r['seconds']:.2f} s: {r['statuses']}, tokens minted {after}")
+        self.result["burst"] = r
+
+
+def wrk(p: Target, path: str, duration: int) -> dict[str, Any]:
+    argv = [
+        "taskset", "-c", str(LOAD_CPU), "wrk", "-t1", "-c50", f"-d{duration}s",
+        "-s", str(BENCH / "wrk_report.lua"), *p.header_args(), p.url(path),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = sum(
+        report[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
+    return {
+        "rps": report["requests"] / (report["duration_us"] / 1e6),
+        "p50_ms": report["p50_us"] / 1000,
+        "p99_ms": report["p99_us"] / 1000,
+        "errors": errors,
+    }
+
+
+def loadgen(mode: str, url: str, headers: list[str], extra: list[str], timeout: float) -> dict[str, Any]:
+    argv = [
+        "taskset",
+        "-c",
+        str(LOAD_CPU),
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        mode,
+        url,
+        *headers,
+        *extra,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen {mode} {url} failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def tokens_minted(admin_port: int) -> float | None:
+    """Sum of zgw_gateway_tokens_minted_total over all label sets, or None when not exported."""
+    status, body = http_get(admin_port, "/metrics")
+    if status != 200:
+        return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith("zgw_gateway_tokens_minted_total")
+    ]
+    return sum(values) if values else None
+
+
+def gateway_available() -> bool:
+    try:
+        done = subprocess.run(
+            [*GATEWAY_CMD, "serve", "--help"], capture_output=True, timeout=60, cwd=BENCH.parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures and the project's targets, next to the raw results."""
+    tp = result.get("throughput", {})
+    rps = {name: t["rps_median"] for name, t in tp.items()}
+    lat = result.get("latency", {})
+    added: dict[str, Any] = {}
+    for name in ("nginx", "gateway"):
+        if name in lat and "direct" in lat:
+            added[name] = {q: lat[name][f"{q}_ms"] - lat["direct"][f"{q}_ms"] for q in ("p50", "p99")}
+    stream = result.get("stream", {})
+    growth = [
+        stream[m]["gateway"]["rss_mb"]["growth"]
+        for m in ("download", "upload")
+        if "gateway" in stream.get(m, {})
+    ]
+    summary = {
+        "rps": rps,
+        "gateway_vs_nginx": ratio(rps.get("gateway"), rps.get("nginx")),
+        "gateway_vs_direct": ratio(rps.get("gateway"), rps.get("direct")),
+        "nginx_vs_direct": ratio(rps.get("nginx"), rps.get("direct")),
+        "added_latency_ms": added,
+        "stream_rss_growth_mb": max(growth) if growth else None,
+        "steady_rss_mb": result.get("steady_rss_mb", {}).get("max"),
+        "tokens_minted": result.get("burst", {}).get("tokens_minted"),
+    }
+    gw_added = added.get("gateway", {})
+    checks = {
+        "throughput >= 0.25 x nginx": (summary["gateway_vs_nginx"], lambda v: v >= 0.25),
+        "added p50 <= 1 ms": (gw_added.get("p50"), lambda v: v <= 1),
+        "added p99 <= 3 ms": (gw_added.get("p99"), lambda v: v <= 3),
+        "stream RSS growth <= 50 MB": (summary["stream_rss_growth_mb"], lambda v: v <= 50),
+        "steady RSS <= 120 MB": (summary["steady_rss_mb"], lambda v: v <= 120),
+        "cold burst mints 1 token": (summary["tokens_minted"], lambda v: v == 1),
+    }
+    summary["targets"] = {k: (None if v is None else bool(ok(v))) for k, (v, ok) in checks.items()}
+    return summary
+
+
+def fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
+    print("\npath      req/s (median)   p50@rate ms   p99@rate ms")
+    for name in ("direct", "nginx", "gateway"):
+        t = result.get("throughput", {}).get(name, {})
+        lat = result.get("latency", {}).get(name, {})
+        if t or lat:
+            rps, p50, p99 = t.get("rps_median"), lat.get("p50_ms"), lat.get("p99_ms")
+            print(f"{name:8} {fmt(rps, '15.0f')} {fmt(p50, '13.2f')} {fmt(p99, '13.2f')}")
+    print(f"\ngateway/nginx throughput   {fmt(summary['gateway_vs_nginx'])}")
+    print(f"gateway/direct throughput  {fmt(summary['gateway_vs_direct'])}")
+    gw = summary["added_latency_ms"].get("gateway", {})
+    print(f"added latency p50/p99 ms   {fmt(gw.get('p50'))} / {fmt(gw.get('p99'))}")
+    for mode in ("download", "upload"):
+        for name, r in result.get("stream", {}).get(mode, {}).items():
+            print(f"{mode:8} {name:8} {r['mib_per_s']:8.0f} MiB/s  ok={r['ok']}")
+    print(f"stream RSS growth MB       {fmt(summary['stream_rss_growth_mb'], '.1f')}")
+    print(f"steady RSS under load MB   {fmt(summary['steady_rss_mb'], '.1f')}")
+    print(f"tokens minted (cold burst) {fmt(summary['tokens_minted'], '.0f')}")
+    for target, ok in summary["targets"].items():
+        print(f"  {'PASS' if ok else 'FAIL' if ok is False else 'n/a '}  {target}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 64 MiB streams")
+    parser.add_argument("--only", choices=["throughput", "latency", "stream", "burst"], action="append")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--rate", type=float, default=500, help="requests/s of the latency run")
+    parser.add_argument("--latency-duration", type=float, default=10)
+    parser.add_argument("--stream-mib", type=int, default=1024)
+    parser.add_argument("--burst", type=int, default=1000, help="concurrent first requests")
+    parser.add_argument("--no-gateway", action="store_true", help="measure direct and nginx only")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.latency_duration, args.stream_mib = 1, 3, 3, 64
+    args.phases = args.only or ["throughput", "latency", "stream", "burst"]
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds the with-blocks, which stop all
+    workdir = Path(tempfile.mkdtemp(prefix="zgw-bench-"))
+    gateway = not args.no_gateway and gateway_available()
+    if not gateway:
+        print("gateway: not measured (`zgw-gateway serve` unavailable or --no-gateway)")
+    result: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "only"}}
+    try:
+        with Processes(workdir) as procs:
+            bench = Bench(args, workdir, procs, result=result)
+            bench.start_upstream()
+            bench.start_nginx()
+            if gateway:
+                bench.start_gateway()
+            bench.check_paths()
+            for phase in args.phases:
+                if phase == "burst" and not gateway:
+                    continue
+                print(f"{phase}:")
+                getattr(bench, phase)()
+    finally:
+        if args.keep:
+            print(f"configs and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    summary = summarize(result)
+    print_table(result, summary)
+    final = {"summary": summary, **result}
+    line = json.dumps(final, separators=(",", ":"))
+    out = BENCH / "results" / "latest.json"
+    with contextlib.suppress(OSError):
+        out.write_text(json.dumps(final, indent=2) + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

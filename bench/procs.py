@@ -1,0 +1,269 @@
+"""Which processes does a benchmark run start, on which CPU, and how are they stopped and watched?
+
+Every process is started in its own session, pinned with ``taskset``, with its output in a log file
+(a pipe nobody drains would stall it), and stopped by its process group id when the run ends, fails
+or is interrupted. ``RssSampler`` follows a process tree's resident memory every 50 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+STATIC_TOKEN = "bench-static-token"  # the stub checks presence only; direct and nginx send this
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_http(
+    port: int,
+    path: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float = 30,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Wait until GET path answers 200; fail early when the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_get(port, path, headers, timeout=1)[0] == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready within {timeout:.0f} s")
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before it listened")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+class Processes:
+    """The processes of one run; leaving the ``with`` block stops every one still running."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, argv: list[str], cpu: int, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            ["taskset", "-c", str(cpu), *argv],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        log.close()
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=grace)
+        # Children that outlived their leader (a server's workers) share its process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for proc in reversed(list(self.running)):
+            self.stop(proc)
+
+
+def log_tail(workdir: Path, name: str, lines: int = 20) -> str:
+    path = workdir / f"{name}.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and its descendants, leaving out a ``uv`` launcher (not part of what is measured)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return [pid for pid in found if comm(pid) != "uv"]
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+class RssSampler:
+    """Samples the resident memory of a process tree every ``interval`` seconds in a thread."""
+
+    def __init__(self, root: int, interval: float = 0.05) -> None:
+        self.root = root
+        self.interval = interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        pids = tree_pids(self.root)
+        refreshed = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() - refreshed > 1:
+                pids, refreshed = tree_pids(self.root), time.monotonic()
+            self.samples.append(rss_bytes(pids))
+            self._stop.wait(self.interval)
+
+    def now(self) -> int:
+        return rss_bytes(tree_pids(self.root))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples, default=0)
+
+
+def nginx_conf(workdir: Path, port: int, upstream_port: int) -> Path:
+    """A reference proxy doing the gateway's job minus minting: static token, CRS headers, streaming."""
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (workdir / "nginx" / sub).mkdir(parents=True, exist_ok=True)
+    common = f"""
+            proxy_pass http://upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer {STATIC_TOKEN}";"""
+    text = f"""
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx/nginx.pid;
+error_log {workdir}/nginx/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {workdir}/nginx/access.log;
+    client_body_temp_path {workdir}/nginx/body;
+    proxy_temp_path {workdir}/nginx/proxy;
+    fastcgi_temp_path {workdir}/nginx/fastcgi;
+    uwsgi_temp_path {workdir}/nginx/uwsgi;
+    scgi_temp_path {workdir}/nginx/scgi;
+    client_max_body_size 0;
+    upstream upstream {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /zaken/api/v1/ {{{common}
+            proxy_set_header Accept-Crs "EPSG:4326";
+            proxy_set_header Content-Crs "EPSG:4326";
+        }}
+        location /documenten/api/v1/ {{{common}
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+    path = workdir / "nginx" / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def gateway_conf(workdir: Path, port: int, admin_port: int, upstream_port: int) -> Path:
+    up = f"http://127.0.0.1:{upstream_port}"
+    text = f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+admin: {{host: 127.0.0.1, port: {admin_port}}}
+public_url: http://127.0.0.1:{port}
+token: {{lifetime: 300, clock_skew: 30}}
+components:
+  zaken: {{prefix: /zaken/api/v1, upstream: {up}/zaken/api/v1, crs: EPSG:4326}}
+  documenten: {{prefix: /documenten/api/v1, upstream: {up}/documenten/api/v1}}
+callers:
+  - name: bench
+    api_keys: [{{env: BENCH_API_KEY}}]
+    client_id: bench-client
+    secret: {{env: BENCH_SECRET}}
+    components: [zaken, documenten]
+"""
+    path = workdir / "gateway.yaml"
+    path.write_text(text)
+    return path

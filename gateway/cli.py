@@ -1,0 +1,179 @@
+"""The `zgw-gateway` command: serve, check-config, demo, token, credentials new.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets as pysecrets
+import string
+import sys
+import time
+from importlib import resources
+
+import jwt
+
+from . import __version__, logs, server
+from .app import create_app
+from .config import Config, ConfigError, load
+from .secrets import SecretStore
+from .tokens import mint
+
+DEFAULT_CONFIG = "config.yaml"
+DEMO_ENV = {
+    # Demo values only: the demo config points at these, and the sandbox upstream knows the client.
+    "DEMO_API_KEY": "demo-key",
+    "DEMO_ZGW_SECRET": "demo-secret-for-the-sandbox-only-change-me",
+}
+DEMO_CLIENT = "demo-client-Xy12AbCd"
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("ZGW_GATEWAY_CONFIG") or DEFAULT_CONFIG
+
+
+def _load_or_exit(path: str) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"zgw-gateway: invalid configuration in {path}:", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    config = _load_or_exit(path)
+    logs.setup(config.log.level, config.log.format)
+    app = create_app(config, config_path=path)
+    return server.run(app)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.file)
+    config = _load_or_exit(path)
+    problems = [] if args.no_secrets else SecretStore(config.secret_refs()).problems()
+    for problem in problems:
+        print(f"  secret {problem}", file=sys.stderr)
+    if problems:
+        print(f"zgw-gateway: {path}: {len(problems)} secret(s) not readable", file=sys.stderr)
+        return 2
+    print(f"{path}: ok ({len(config.components)} components, {len(config.callers)} callers)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The gateway on 127.0.0.1:8000 (admin 9100) in front of the sandbox upstream on 127.0.0.1:8001."""
+    from .sandbox import create_sandbox_app
+
+    for key, value in DEMO_ENV.items():
+        os.environ.setdefault(key, value)
+    path = args.config or str(resources.files("gateway").joinpath("demo.yaml"))
+    config = _load_or_exit(path)
+    logs.setup(config.log.level, "console")
+    sandbox = create_sandbox_app({DEMO_CLIENT: os.environ["DEMO_ZGW_SECRET"]})
+    app = create_app(config, config_path=path)
+    print(
+        "zgw-gateway demo: gateway http://127.0.0.1:8000, admin http://127.0.0.1:9100/metrics, "
+        "sandbox upstream http://127.0.0.1:8001\n"
+        '  try: curl -H "X-API-Key: demo-key" http://127.0.0.1:8000/zaken/api/v1/zaken',
+        flush=True,
+    )
+    return server.run(app, extra=[(sandbox, "127.0.0.1", args.sandbox_port)])
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    config = _load_or_exit(path)
+    caller = next((c for c in config.callers if c.name == args.caller), None)
+    if caller is None:
+        print(f"zgw-gateway: no caller named '{args.caller}' in {path}", file=sys.stderr)
+        return 2
+    if args.component not in caller.components:
+        print(f"zgw-gateway: caller '{args.caller}' may not use component '{args.component}'", file=sys.stderr)
+        return 2
+    creds = caller.credentials.get(args.component)
+    client_id, ref = (creds.client_id, creds.secret) if creds else (caller.client_id, caller.secret)
+    secret = SecretStore([ref]).get(ref)
+    if secret is None:
+        print(f"zgw-gateway: secret {ref.describe()} is not readable", file=sys.stderr)
+        return 1
+    token = mint(
+        client_id,
+        secret,
+        user_id=caller.user.id,
+        user_representation=caller.user.representation,
+        now=time.time(),
+        lifetime=config.token.lifetime,
+        clock_skew=config.token.clock_skew,
+        include_exp=config.token.include_exp,
+    )
+    print(token)
+    print("\nheader:", json.dumps(jwt.get_unverified_header(token), indent=2))
+    print("claims:", json.dumps(jwt.decode(token, options={"verify_signature": False}), indent=2))
+    return 0
+
+
+def cmd_credentials_new(args: argparse.Namespace) -> int:
+    """A client_id `LABEL-<12 random characters>` and a strong secret, like the VNG token tool makes."""
+    alphabet = string.ascii_letters + string.digits
+    suffix = "".join(pysecrets.choice(alphabet) for _ in range(12))
+    client_id = f"{args.label}-{suffix}"
+    if len(client_id) > 50 or not args.label.replace("-", "").replace("_", "").isalnum():
+        print(
+            "zgw-gateway: the label must be letters, digits, '-' or '_', at most 37 characters",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"client_id: {client_id}")
+    print(f"secret:    {pysecrets.token_urlsafe(32)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zgw-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"zgw-gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help=f"config file (default: $ZGW_GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check-config", help="validate a config file without serving")
+    s.add_argument("file", nargs="?", help=f"config file (default: $ZGW_GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    s.add_argument("--no-secrets", action="store_true", help="do not check that secrets are readable")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("demo", help="the gateway in front of the built-in sandbox upstream")
+    s.add_argument("--config", help="config file (default: the built-in demo config)")
+    s.add_argument("--sandbox-port", type=int, default=8001)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("token", help="print a fresh ZGW JWT for a caller and component, decoded")
+    s.add_argument("--config")
+    s.add_argument("--caller", required=True)
+    s.add_argument("--component", required=True)
+    s.set_defaults(func=cmd_token)
+
+    s = sub.add_parser("credentials", help="make ZGW client credentials")
+    creds = s.add_subparsers(dest="action", required=True)
+    n = creds.add_parser("new", help="a new client_id and secret")
+    n.add_argument("label", help="a readable label, e.g. the system's name")
+    n.set_defaults(func=cmd_credentials_new)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

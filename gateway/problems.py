@@ -1,0 +1,57 @@
+"""What the gateway answers when it answers itself: problem+json bodies with stable codes.
+
+The shape follows the ZGW servers (`type, code, title, status, detail, instance`, RFC 9457), so a caller
+handles gateway errors and upstream errors with the same code. Details are fixed strings chosen here:
+never exception text, never a header value, never a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+CONTENT_TYPE = b"application/problem+json"
+TYPE_BASE = "https://zgw-gateway.readthedocs.io/problems/"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    status: int
+    code: str
+    title: str
+
+    def body(self, detail: str, instance: str) -> bytes:
+        return json.dumps(
+            {
+                "type": TYPE_BASE + self.code,
+                "code": self.code,
+                "title": self.title,
+                "status": self.status,
+                "detail": detail,
+                "instance": instance,
+            },
+            ensure_ascii=False,
+        ).encode()
+
+
+BAD_REQUEST = Problem(400, "bad-request", "The request is malformed.")
+BAD_PATH = Problem(400, "bad-path", "The request path is not allowed.")
+UNKNOWN_CALLER = Problem(401, "unknown-caller", "The gateway does not know this caller.")
+FORBIDDEN_COMPONENT = Problem(403, "forbidden-component", "This caller may not use this component.")
+FORBIDDEN_METHOD = Problem(403, "forbidden-method", "This caller may not use this method.")
+NO_ROUTE = Problem(404, "no-route", "No component is configured for this path.")
+BODY_TIMEOUT = Problem(408, "body-timeout", "The request body arrived too slowly.")
+BODY_TOO_LARGE = Problem(413, "body-too-large", "The request body is larger than allowed.")
+BAD_USER = Problem(400, "bad-user", "The end-user headers are not valid.")
+RATE_LIMITED = Problem(429, "rate-limited", "This caller sent too many requests.")
+HEADERS_TOO_LARGE = Problem(431, "headers-too-large", "The request headers are larger than allowed.")
+INTERNAL = Problem(500, "internal-error", "The gateway failed to handle the request.")
+UPSTREAM_UNREACHABLE = Problem(502, "upstream-unreachable", "The upstream could not be reached.")
+UPSTREAM_DNS = Problem(502, "upstream-dns", "The upstream host name does not resolve.")
+UPSTREAM_TLS = Problem(502, "upstream-tls", "The upstream's TLS certificate was not accepted.")
+UPSTREAM_RESET = Problem(502, "upstream-reset", "The upstream closed the connection.")
+CREDENTIALS_UNAVAILABLE = Problem(503, "credentials-unavailable", "The caller's ZGW secret is not available.")
+OVERLOADED = Problem(503, "overloaded", "The gateway is at its concurrency limit.")
+CIRCUIT_OPEN = Problem(503, "circuit-open", "The upstream is failing; the gateway is holding requests back.")
+POOL_EXHAUSTED = Problem(503, "upstream-pool-exhausted", "No connection to the upstream became free in time.")
+UPSTREAM_TIMEOUT = Problem(504, "upstream-timeout", "The upstream did not answer in time.")

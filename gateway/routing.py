@@ -1,0 +1,127 @@
+"""Which component a request path belongs to, and the upstream URL it goes to.
+
+Matching works on the raw path as the caller sent it, so what reaches the upstream is byte for byte what
+was matched. Paths that could mean something else after decoding (`%2F`, `%2e%2e`, `..`, `//`, `;`, NUL,
+backslash) are refused before matching: a caller can never climb out of its component's prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .config import Component, Config
+
+# RFC 3986 pchar minus ';' (path parameters are read differently by different servers) and minus the
+# encodings of '/', '\', '.', NUL and control bytes, which would change the path's meaning once decoded.
+_SEGMENT = rb"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%(?![0-1][0-9A-Fa-f]|2[EeFf]|5[Cc]|7[Ff])[0-9A-Fa-f]{2})*"
+_SAFE_PATH = re.compile(rb"(?:/" + _SEGMENT + rb")*/?")
+_DOT_SEGMENT = re.compile(rb"/\.{1,2}(?:/|$)")
+_RESOURCE = re.compile(r"^/([a-z_-]+)(?:/|$)")
+
+
+def is_safe_path(raw_path: bytes) -> bool:
+    """True when the raw path has no tricks: no empty, dot or encoded-slash segments."""
+    if not raw_path.startswith(b"/") or b"//" in raw_path:
+        return False
+    if _DOT_SEGMENT.search(raw_path):
+        return False
+    return _SAFE_PATH.fullmatch(raw_path) is not None
+
+
+@dataclass(slots=True)
+class Route:
+    """One component: where it lives on the gateway and where it goes upstream."""
+
+    name: str
+    component: Component
+    prefix: bytes
+    upstream_origin: str  # scheme://host[:port]
+    upstream_path: bytes  # the upstream base path, no trailing slash
+    upstream_host: str  # what Host says upstream when the host mode is 'upstream'
+    public_host: str
+    ssl: ssl.SSLContext | bool = True
+    resources: frozenset[str] = field(default_factory=frozenset)
+
+    def upstream_target(self, raw_path: bytes, query: bytes) -> str:
+        """The upstream URL for a matched raw path and raw query string."""
+        rest = raw_path[len(self.prefix) :]
+        target = self.upstream_origin + (self.upstream_path + rest).decode("ascii")
+        if query:
+            target += "?" + query.decode("latin-1")
+        return target
+
+    def resource(self, raw_path: bytes) -> str:
+        """The resource name for metrics and logs: the first path segment after the prefix.
+
+        Bounded: a name that looks like an id, or any name not seen in this component's resource list,
+        is folded into 'other' (ids and free text would make label sets unbounded).
+        """
+        rest = raw_path[len(self.prefix) :].decode("ascii", "replace")
+        if rest in ("", "/"):
+            return "root"
+        m = _RESOURCE.match(rest)
+        if not m:
+            return "other"
+        name = m.group(1)
+        if self.resources and name not in self.resources:
+            return "other"
+        return name
+
+
+class RouteTable:
+    """Longest-prefix match from the caller's path to a Route, compiled once per config."""
+
+    def __init__(self, config: Config, ssl_contexts: dict[str, ssl.SSLContext | bool]) -> None:
+        public_host = urlsplit(config.public_url).netloc
+        routes = []
+        for name, comp in config.components.items():
+            parts = urlsplit(comp.upstream)
+            routes.append(
+                Route(
+                    name=name,
+                    component=comp,
+                    prefix=comp.prefix.encode(),
+                    upstream_origin=f"{parts.scheme}://{parts.netloc}",
+                    upstream_path=parts.path.rstrip("/").encode(),
+                    upstream_host=parts.netloc,
+                    public_host=public_host,
+                    ssl=ssl_contexts.get(name, True),
+                    resources=KNOWN_RESOURCES,
+                )
+            )
+        self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+        self.by_name = {r.name: r for r in routes}
+
+    def match(self, raw_path: bytes) -> Route | None:
+        for route in self._routes:
+            prefix = route.prefix
+            if raw_path.startswith(prefix) and (len(raw_path) == len(prefix) or raw_path[len(prefix)] == 47):
+                return route
+        return None
+
+
+# Resource names of the ZGW APIs (the collection paths in ../shared/zgw-specs), the bounded label set for
+# metrics. Anything else becomes 'other'.
+KNOWN_RESOURCES = frozenset(
+    {
+        # Zaken
+        "zaken", "statussen", "zaakobjecten", "zaakinformatieobjecten", "zaakeigenschappen", "rollen",
+        "resultaten", "klantcontacten", "zaakcontactmomenten", "zaakverzoeken", "zaakbesluiten",
+        "audittrail", "_zoek", "zaaknotities", "substatussen", "reserveer_zaaknummer",
+        # Catalogi
+        "catalogussen", "zaaktypen", "statustypen", "roltypen", "resultaattypen", "eigenschappen",
+        "informatieobjecttypen", "besluittypen", "zaaktype-informatieobjecttypen", "zaakobjecttypen",
+        # Documenten
+        "enkelvoudiginformatieobjecten", "objectinformatieobjecten", "gebruiksrechten",
+        "verzendingen", "bestandsdelen",
+        # Besluiten
+        "besluiten", "besluitinformatieobjecten",
+        # Autorisaties
+        "applicaties",
+        # Notificaties
+        "kanaal", "abonnement", "notificaties", "cloudevents",
+    }
+)  # fmt: skip

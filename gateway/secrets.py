@@ -1,0 +1,127 @@
+"""Where secret values come from: `{env: NAME}` and `{file: PATH}` references, re-read when files change.
+
+Values never leave this module except through `get`; errors and logs name the reference
+(`file:/var/run/secrets/zgw/dms`), never the value. A file that disappears or turns empty keeps its last
+good value: a Kubernetes Secret update swaps the `..data` symlink, and a reader must never see a gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .config import SecretRef
+
+log = logging.getLogger("zgw_gateway.secrets")
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: str | None = None
+    version: int = 0
+    stamp: tuple[int, int, int] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    changed: list[SecretRef]
+    failed: list[SecretRef]
+
+
+class SecretStore:
+    """Resolves secret references and notices when file-backed ones change."""
+
+    def __init__(self, refs: Iterable[SecretRef], environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._entries: dict[SecretRef, _Entry] = {ref: _Entry() for ref in refs}
+        for ref in self._entries:
+            self._refresh(ref)
+
+    def get(self, ref: SecretRef) -> str | None:
+        """The current value, or None when the secret has never been readable."""
+        entry = self._entries.get(ref)
+        return entry.value if entry else None
+
+    def version(self, ref: SecretRef) -> int:
+        """Grows by one each time the value changes; part of the token cache key."""
+        entry = self._entries.get(ref)
+        return entry.version if entry else 0
+
+    def problems(self) -> list[str]:
+        """One message per unreadable reference, naming the reference and never a value."""
+        return [
+            f"{ref.describe()}: {entry.error}"
+            for ref, entry in self._entries.items()
+            if entry.value is None and entry.error
+        ]
+
+    def ready(self) -> bool:
+        return all(entry.value is not None for entry in self._entries.values())
+
+    def poll(self) -> PollResult:
+        """Re-read file references whose file changed. Cheap: one stat() per file when nothing changed."""
+        changed: list[SecretRef] = []
+        failed: list[SecretRef] = []
+        for ref in self._entries:
+            if ref.file is None and self._entries[ref].value is not None:
+                continue
+            before = self._entries[ref].version
+            had_error = self._entries[ref].error
+            self._refresh(ref)
+            entry = self._entries[ref]
+            if entry.version != before:
+                changed.append(ref)
+            elif entry.error and entry.error != had_error:
+                failed.append(ref)
+        return PollResult(changed, failed)
+
+    def _refresh(self, ref: SecretRef) -> None:
+        entry = self._entries[ref]
+        if ref.env is not None:
+            value = self._environ.get(ref.env)
+            if not value:
+                entry.error = "the environment variable is not set or empty"
+                return
+            self._set(entry, value, None)
+            return
+        assert ref.file is not None  # guaranteed by SecretRef's validator
+        try:
+            st = os.stat(ref.file)  # follows the ..data symlink of a mounted Secret
+        except OSError as exc:
+            self._fail(ref, entry, f"cannot read the file ({exc.strerror})")
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == entry.stamp and entry.value is not None:
+            return
+        try:
+            with open(ref.file, encoding="utf-8") as fh:
+                value = fh.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            self._fail(ref, entry, f"cannot read the file ({reason})")
+            return
+        if not value:
+            self._fail(ref, entry, "the file is empty")
+            return
+        self._set(entry, value, stamp)
+
+    @staticmethod
+    def _set(entry: _Entry, value: str, stamp: tuple[int, int, int] | None) -> None:
+        entry.stamp = stamp
+        entry.error = None
+        if value != entry.value:
+            entry.value = value
+            entry.version += 1
+
+    @staticmethod
+    def _fail(ref: SecretRef, entry: _Entry, reason: str) -> None:
+        if entry.error != reason:
+            if entry.value is not None:
+                log.warning(
+                    "secret unreadable, keeping the last good value",
+                    extra={"event": "secret_unreadable", "secret": ref.describe(), "reason": reason},
+                )
+            entry.error = reason

@@ -1,0 +1,113 @@
+"""The ZGW JWT a request carries upstream: minted exactly as ZGW servers expect, and cached.
+
+Format (../shared/ZGW.md section 2): header {"alg": "HS256", "typ": "JWT"}; claims iss = client_id, iat,
+client_id, user_id, user_representation (strings, never null), exp when configured; no aud, no nbf.
+`iat` is back-dated by `clock_skew` so a server whose clock runs behind ours still sees a past iat.
+
+One mint per key even under a burst of concurrent cold requests: `get` is synchronous and nothing in it
+awaits, so on the event loop the first request mints and stores before any other request can look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cachetools import TLRUCache
+
+from .config import Token as TokenConfig
+
+# Cache key: (client_id, secret version, user_id, user_representation). The secret itself is never a key.
+Key = tuple[str, int, str, str]
+
+# Problem codes with which a ZGW server says "this token has expired" (ZGW.md section 3).
+EXPIRED_CODES = frozenset({"jwt-expired", "jwt-expiredsignatureerror", "jwt-immaturesignatureerror"})
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    token: str
+    header_value: bytes  # b"Bearer <jwt>", ready for the upstream request
+    refresh_at: float
+
+
+def mint(
+    client_id: str,
+    secret: str,
+    *,
+    user_id: str,
+    user_representation: str,
+    now: float,
+    lifetime: int,
+    clock_skew: int,
+    include_exp: bool,
+) -> str:
+    """A ZGW JWT. Pure: the same inputs give the same token."""
+    iat = int(now) - clock_skew
+    claims: dict[str, Any] = {
+        "iss": client_id,
+        "iat": iat,
+        "client_id": client_id,
+        "user_id": user_id,
+        "user_representation": user_representation,
+    }
+    if include_exp:
+        claims["exp"] = int(now) + lifetime
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "JWT"})
+
+
+class TokenCache:
+    """Cached tokens per (credentials, user); refreshed `refresh_margin` seconds before they expire."""
+
+    def __init__(
+        self,
+        settings: TokenConfig,
+        clock: Callable[[], float],
+        on_mint: Callable[[str], None] | None = None,
+        maxsize: int = 10000,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._on_mint = on_mint
+        self._ttl = settings.lifetime - settings.refresh_margin
+        self._cache: TLRUCache[Key, Minted] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _k, v, _now: v.refresh_at, timer=clock
+        )
+
+    def get(self, key: Key, secret: str) -> tuple[Minted, bool]:
+        """The cached token for key, minting one when missing or due; returns (token, was_cached)."""
+        found = self._cache.get(key)
+        if found is not None:
+            return found, True
+        now = self._clock()
+        s = self._settings
+        token = mint(
+            key[0],
+            secret,
+            user_id=key[2],
+            user_representation=key[3],
+            now=now,
+            lifetime=s.lifetime,
+            clock_skew=s.clock_skew,
+            include_exp=s.include_exp,
+        )
+        minted = Minted(token, b"Bearer " + token.encode(), now + self._ttl)
+        self._cache[key] = minted
+        if self._on_mint is not None:
+            self._on_mint(key[0])
+        return minted, False
+
+    def evict(self, key: Key) -> None:
+        self._cache.pop(key, None)
+
+    def evict_client(self, client_id: str) -> int:
+        """Drop every token of a client_id (its secret changed); returns how many."""
+        stale = [k for k in list(self._cache.keys()) if k[0] == client_id]
+        for k in stale:
+            self._cache.pop(k, None)
+        return len(stale)
+
+    def __len__(self) -> int:
+        return len(self._cache)
