@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import operator
 import secrets
 import shutil
 import signal
@@ -28,6 +29,7 @@ from procs import (
     STATIC_TOKEN,
     Processes,
     RssSampler,
+    background_cpu,
     free_port,
     gateway_conf,
     http_get,
@@ -74,9 +76,7 @@ class Bench:
 
     def start_upstream(self) -> None:
         port = free_port()
-        proc = self.procs.start(
-            "upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], LOAD_CPU
-        )
+        proc = self.procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], LOAD_CPU)
         wait_port(port, proc)
         self.paths["direct"] = Target(
             "direct", port, {"Authorization": f"Bearer {STATIC_TOKEN}", "Accept-Crs": "EPSG:4326"}
@@ -172,9 +172,7 @@ class Bench:
                 timeout=self.args.latency_duration + 60,
             )
             r = out[name]
-            print(
-                f"  {name:8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  statuses {r['statuses']}"
-            )
+            print(f"  {name:8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  statuses {r['statuses']}")
         self.result["latency"] = out
 
     def stream(self) -> None:
@@ -202,16 +200,12 @@ class Bench:
                     }
                 else:
                     r = loadgen(mode, p.url(path), p.header_args(), ["--size", str(size)], timeout)
-                ok = r["status"] == 200 and (
-                    r["bytes"] == size if mode == "download" else r["received"] == size
-                )
+                ok = r["status"] == 200 and (r["bytes"] == size if mode == "download" else r["received"] == size)
                 r["ok"] = ok
                 r["mib_per_s"] = size / MB / r["seconds"]
                 out[mode][name] = r
                 growth = f"  RSS growth {r['rss_mb']['growth']:.1f} MB" if "rss_mb" in r else ""
-                print(
-                    f"  {mode:8} {name:8} {r['seconds']:6.2f} s {r['mib_per_s']:8.0f} MiB/s  ok={ok}{growth}"
-                )
+                print(f"  {mode:8} {name:8} {r['seconds']:6.2f} s {r['mib_per_s']:8.0f} MiB/s  ok={ok}{growth}")
         self.result["stream"] = {"size_mib": self.args.stream_mib, **out}
 
     def burst(self) -> None:
@@ -233,9 +227,7 @@ def wrk(p: Target, path: str, duration: int) -> dict[str, Any]:
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    errors = sum(
-        report[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
-    )
+    errors = sum(report[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
     return {
         "rps": report["requests"] / (report["duration_us"] / 1e6),
         "p50_ms": report["p50_us"] / 1000,
@@ -278,9 +270,7 @@ def tokens_minted(admin_port: int) -> float | None:
 
 def gateway_available() -> bool:
     try:
-        done = subprocess.run(
-            [*GATEWAY_CMD, "serve", "--help"], capture_output=True, timeout=60, cwd=BENCH.parent
-        )
+        done = subprocess.run([*GATEWAY_CMD, "serve", "--help"], capture_output=True, timeout=60, cwd=BENCH.parent)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -301,9 +291,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             added[name] = {q: lat[name][f"{q}_ms"] - lat["direct"][f"{q}_ms"] for q in ("p50", "p99")}
     stream = result.get("stream", {})
     growth = [
-        stream[m]["gateway"]["rss_mb"]["growth"]
-        for m in ("download", "upload")
-        if "gateway" in stream.get(m, {})
+        stream[m]["gateway"]["rss_mb"]["growth"] for m in ("download", "upload") if "gateway" in stream.get(m, {})
     ]
     summary = {
         "rps": rps,
@@ -317,14 +305,14 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     }
     gw_added = added.get("gateway", {})
     checks = {
-        "throughput >= 0.25 x nginx": (summary["gateway_vs_nginx"], lambda v: v >= 0.25),
-        "added p50 <= 1 ms": (gw_added.get("p50"), lambda v: v <= 1),
-        "added p99 <= 3 ms": (gw_added.get("p99"), lambda v: v <= 3),
-        "stream RSS growth <= 50 MB": (summary["stream_rss_growth_mb"], lambda v: v <= 50),
-        "steady RSS <= 120 MB": (summary["steady_rss_mb"], lambda v: v <= 120),
-        "cold burst mints 1 token": (summary["tokens_minted"], lambda v: v == 1),
+        "throughput >= 0.25 x nginx": (summary["gateway_vs_nginx"], operator.ge, 0.25),
+        "added p50 <= 1 ms": (gw_added.get("p50"), operator.le, 1),
+        "added p99 <= 3 ms": (gw_added.get("p99"), operator.le, 3),
+        "stream RSS growth <= 50 MB": (summary["stream_rss_growth_mb"], operator.le, 50),
+        "steady RSS <= 120 MB": (summary["steady_rss_mb"], operator.le, 120),
+        "cold burst mints 1 token": (summary["tokens_minted"], operator.eq, 1),
     }
-    summary["targets"] = {k: (None if v is None else bool(ok(v))) for k, (v, ok) in checks.items()}
+    summary["targets"] = {k: None if v is None else bool(op(v, limit)) for k, (v, op, limit) in checks.items()}
     return summary
 
 
@@ -381,6 +369,9 @@ def main(argv: list[str]) -> int:
     if not gateway:
         print("gateway: not measured (`zgw-gateway serve` unavailable or --no-gateway)")
     result: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "only"}}
+    result["background_cpu_pct"] = {"before": background_cpu()}
+    if result["background_cpu_pct"]["before"] > 10:
+        print(f"warning: the machine is {result['background_cpu_pct']['before']:.0f}% busy before the run")
     try:
         with Processes(workdir) as procs:
             bench = Bench(args, workdir, procs, result=result)
@@ -399,6 +390,7 @@ def main(argv: list[str]) -> int:
             print(f"configs and logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    result["background_cpu_pct"]["after"] = background_cpu()
     summary = summarize(result)
     print_table(result, summary)
     final = {"summary": summary, **result}

@@ -38,9 +38,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q / 100 * len(sorted_values)))]
 
 
-async def fixed_rate(
-    url: str, headers: dict[str, str], rate: float, duration: float, warmup: float
-) -> dict[str, Any]:
+async def fixed_rate(url: str, headers: dict[str, str], rate: float, duration: float, warmup: float) -> dict[str, Any]:
     latencies: list[float] = []
     lags: list[float] = []
     statuses: Counter[str] = Counter()

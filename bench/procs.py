@@ -29,9 +29,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5
-) -> tuple[int, bytes]:
+def http_get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
@@ -78,9 +76,7 @@ class Processes:
         self.workdir = workdir
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(
-        self, name: str, argv: list[str], cpu: int, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], cpu: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             ["taskset", "-c", str(cpu), *argv],
@@ -114,11 +110,23 @@ class Processes:
     def __enter__(self) -> Processes:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for proc in reversed(list(self.running)):
             self.stop(proc)
+
+
+def background_cpu(seconds: float = 1.0) -> float:
+    """Percent of all CPUs busy over ``seconds``: other work on the machine skews every figure."""
+
+    def times() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    total0, idle0 = times()
+    time.sleep(seconds)
+    total1, idle1 = times()
+    return 100.0 * (1 - (idle1 - idle0) / max(1, total1 - total0))
 
 
 def log_tail(workdir: Path, name: str, lines: int = 20) -> str:
@@ -254,6 +262,7 @@ listen: {{host: 127.0.0.1, port: {port}}}
 admin: {{host: 127.0.0.1, port: {admin_port}}}
 public_url: http://127.0.0.1:{port}
 token: {{lifetime: 300, clock_skew: 30}}
+shutdown: {{drain_seconds: 0}}
 components:
   zaken: {{prefix: /zaken/api/v1, upstream: {up}/zaken/api/v1, crs: EPSG:4326}}
   documenten: {{prefix: /documenten/api/v1, upstream: {up}/documenten/api/v1}}

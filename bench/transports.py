@@ -43,9 +43,7 @@ POOL = 100
 
 
 def forwardable(headers: Any) -> list[tuple[str, str]]:
-    return [
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
-    ]
+    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
 
 
 def body_of(request: Request) -> AsyncIterator[bytes] | None:
@@ -57,18 +55,14 @@ def httpx_proxy(upstream: str, transport: httpx.AsyncBaseTransport | None) -> St
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL)
-        async with httpx.AsyncClient(
-            transport=transport, trust_env=False, limits=limits, timeout=30
-        ) as client:
+        async with httpx.AsyncClient(transport=transport, trust_env=False, limits=limits, timeout=30) as client:
             app.state.client = client
             yield
 
     async def proxy(request: Request) -> StreamingResponse:
         client: httpx.AsyncClient = request.app.state.client
         url = upstream + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        req = client.build_request(
-            request.method, url, headers=forwardable(request.headers), content=body_of(request)
-        )
+        req = client.build_request(request.method, url, headers=forwardable(request.headers), content=body_of(request))
         resp = await client.send(req, stream=True)
         return StreamingResponse(
             resp.aiter_raw(),
@@ -84,9 +78,7 @@ def aiohttp_proxy(upstream: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=POOL)
-        async with aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, trust_env=False
-        ) as session:
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False) as session:
             app.state.session = session
             yield
 
@@ -125,25 +117,24 @@ def create_app() -> Starlette:
 def serve(server: str, port: int) -> None:
     if server == "granian":
         from granian import Granian
+        from granian.constants import HTTPModes, Interfaces, Loops
 
         Granian(
             "transports:create_app",
             factory=True,
             address="127.0.0.1",
             port=port,
-            interface="asgi",
+            interface=Interfaces.ASGI,
             workers=1,
-            loop="uvloop",
-            http="1",
+            loop=Loops.uvloop,
+            http=HTTPModes.http1,
             log_access=False,
             working_dir=Path(__file__).parent,
         ).serve()
     else:
         import uvicorn
 
-        uvicorn.run(
-            create_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning"
-        )
+        uvicorn.run(create_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning")
 
 
 def experiment(duration: int, rounds: int) -> None:
@@ -175,13 +166,12 @@ def experiment(duration: int, rounds: int) -> None:
                         flush=True,
                     )
                     procs.stop(proc)
-    width = max(len(c) for c in CLIENTS) + 2
     print(f"\nupstream stub alone: {direct:.0f} req/s\n")
-    print(f"| client {' ' * (width - 7)}| " + " | ".join(f"{s:>8}" for s in SERVERS) + " |")
-    print(f"|{'-' * (width + 1)}|" + "|".join("-" * 10 for _ in SERVERS) + "|")
+    print("| client        | " + " | ".join(f"{s:>8}" for s in SERVERS) + " |")
+    print("|---------------|" + "|".join("---------:" for _ in SERVERS) + "|")
     for client in CLIENTS:
         cells = " | ".join(f"{statistics.median(rps[(s, client)]):8.0f}" for s in SERVERS)
-        print(f"| {client:{width - 1}}| {cells} |")
+        print(f"| {client:13} | {cells} |")
 
 
 def main() -> None:

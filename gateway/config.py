@@ -14,7 +14,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ZGW_CRS = "EPSG:4326"
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
@@ -27,6 +36,21 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+def _network(value: Any) -> Any:
+    # One plain message instead of pydantic's two (one per union member, with internal names in the path).
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a network in CIDR notation, e.g. 10.0.0.0/8")
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a network in CIDR notation, e.g. 10.0.0.0/8 ({exc})") from None
+
+
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 
 
 class Model(BaseModel):
@@ -92,13 +116,22 @@ class Token(Model):
     refresh_margin: int = Field(default=30, ge=0, le=600)
     include_exp: bool = True
 
-    @model_validator(mode="after")
-    def _margin_below_lifetime(self) -> Token:
-        if self.refresh_margin >= self.lifetime:
-            raise ValueError("refresh_margin must be smaller than lifetime")
-        if self.lifetime + self.clock_skew >= 3600:
+    # Field validators rather than a model validator, so that the error names the key.
+    @field_validator("clock_skew")
+    @classmethod
+    def _skew(cls, v: int, info: ValidationInfo) -> int:
+        lifetime = info.data.get("lifetime")
+        if lifetime is not None and lifetime + v >= 3600:
             raise ValueError("lifetime + clock_skew must stay below the servers' JWT_EXPIRY of 3600 s")
-        return self
+        return v
+
+    @field_validator("refresh_margin")
+    @classmethod
+    def _margin(cls, v: int, info: ValidationInfo) -> int:
+        lifetime = info.data.get("lifetime")
+        if lifetime is not None and v >= lifetime:
+            raise ValueError("must be smaller than lifetime")
+        return v
 
 
 class Timeouts(Model):
@@ -136,7 +169,7 @@ class Component(Model):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v):
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v) or re.search(r"/\.{1,2}(/|$)", v):
             raise ValueError("must start with '/', have no trailing slash and only plain path segments")
         return v
 
@@ -170,7 +203,7 @@ class RateLimit(Model):
 class Caller(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     api_keys: list[ApiKeyRef] = []
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    networks: list[Network] = []
     cert_subjects: list[str] = []
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
@@ -268,7 +301,7 @@ class Config(Model):
     listen: Listen = Listen()
     admin: Admin = Admin()
     public_url: str = "http://127.0.0.1:8000"
-    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    trusted_proxies: list[Network] = []
     token: Token = Token()
     identity: Identity = Identity()
     limits: Limits = Limits()
@@ -306,7 +339,8 @@ class Config(Model):
                 if comp_name not in self.components:
                     errors.append(f"callers[{i}].components[{j}]: no component named '{comp_name}'")
         if errors:
-            raise ValueError("; ".join(errors))
+            # Not a ValueError: pydantic would file these under the top level; each names its own key.
+            raise ConfigError(errors)
         return self
 
     def secret_refs(self) -> list[SecretRef]:
@@ -324,8 +358,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith("function-") or part in ("str", "IPv4Network", "IPv6Network"):
-            continue  # pydantic's names for union members and validators, not keys
+        elif part == "[key]":
+            continue  # pydantic's marker for an invalid mapping key; the key itself is already in the path
         else:
             out += ("." if out else "") + part
     return out or "(top level)"

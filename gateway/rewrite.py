@@ -284,7 +284,7 @@ class UrlRewriter:
         # Encode in the target the characters the caller encoded, with the caller's hex case.
         escapes = re.findall(rb"%([0-9A-Fa-f]{2})", text)
         encoded = {int(escape, 16) for escape in escapes}
-        template = b"%%%02x" if any(escape != escape.upper() for escape in escapes) else b"%%%02X"
+        template = b"%%%02X" if any(escape != escape.upper() for escape in escapes) else b"%%%02X"
         return b"".join(template % byte if byte in encoded else bytes((byte,)) for byte in target)
 
 

@@ -182,6 +182,22 @@ def test_streaming_equals_whole_body_for_any_chunking(data: st.DataObject) -> No
         assert out == whole(doc)
 
 
+@pytest.mark.parametrize("style", ["/", "\\/", "\\u002F", "\\u002f"])
+def test_streaming_every_split_point(style: str) -> None:
+    urls = [ZAKEN, ZAKEN + "/zaken/1", ZAKEN + "?page=2", ZAKEN + "#x", ZAKEN + "0", CATALOGI + "/zt"]
+    doc = escape_slashes(json.dumps({"a": urls, CATALOGI: [DOCUMENTEN]}), style).encode()
+    doc = doc.replace(b"?", b"\\u003F").replace(b"#", b"\\u0023")
+    expected = rewriter.to_public(doc)
+    assert expected.count(b"gw.intern:8000") == 7
+    for cut in range(len(doc) + 1):
+        stream = rewriter.stream_to_public()
+        assert stream.feed(doc[:cut]) + stream.feed(doc[cut:]) + stream.flush() == expected, cut
+    for size in range(1, MAX_HELD + 2):
+        stream = rewriter.stream_to_public()
+        out = b"".join(stream.feed(doc[i : i + size]) for i in range(0, len(doc), size))
+        assert out + stream.flush() == expected, size
+
+
 def test_streaming_one_byte_at_a_time() -> None:
     doc = (
         json.dumps({"a": [ZAKEN, ZAKEN + "/x", ZAKEN + "0", CATALOGI + "?q"]}).encode().replace(b"/", b"\\/")

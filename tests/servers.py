@@ -1,0 +1,208 @@
+"""Real servers on 127.0.0.1 for the tests: the gateway as a process, and ASGI apps in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class ThreadServer:
+    """An ASGI app under uvicorn in a background thread (for upstream doubles the test inspects)."""
+
+    app: Any
+    port: int = 0
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
+
+    def __enter__(self) -> ThreadServer:
+        self.port = self.port or free_port()
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="auto",
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server is not None and self.server.started, 10)
+        return self
+
+    def _run(self) -> None:
+        assert self.server is not None
+        with contextlib.suppress(Exception):
+            asyncio.run(self.server.serve())
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None and self.thread is not None
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_certfile else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+
+@dataclass
+class GatewayProcess:
+    """`zgw-gateway serve` as a real process, with its stdout kept for inspection."""
+
+    config: dict[str, Any]
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.config["listen"]["port"])
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.config["admin"]["port"])
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config["listen"].get("tls") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "gateway.yaml"
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def start(self, wait_ready: bool = True) -> GatewayProcess:
+        self.write_config()
+        self.log_path = self.workdir / f"gateway-{self.port}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+            )
+        if wait_ready:
+            self.wait_ready()
+        else:
+            wait_until(lambda: _port_open(self.admin_port), 15)
+        return self
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                return httpx.get(self.admin_url + "/-/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def log_lines(self) -> list[str]:
+        return self.logs().splitlines()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def metrics(self) -> str:
+        return httpx.get(self.admin_url + "/metrics", timeout=5).text
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The sum of samples of `name` whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@contextlib.contextmanager
+def sandbox_process(clients: dict[str, str], page_size: int = 100, host: str = "127.0.0.1") -> Iterator[str]:
+    """The sandbox upstream as a process; yields its base URL."""
+    port = free_port()
+    args = [sys.executable, "-m", "gateway.sandbox", "--host", host, "--port", str(port), "--page-size", str(page_size)]
+    env = {**os.environ, "SANDBOX_CLIENTS": ",".join(f"{k}={v}" for k, v in clients.items())}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _port_open(port), 15)
+        yield f"http://{host}:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
