@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as HttpRoute
 
 from . import config as config_mod
-from . import problems, proxy
+from . import logs, problems, proxy, tracing
 from .breaker import CircuitBreaker
 from .callers import Caller, CallerDirectory
 from .config import Config, ConfigError
@@ -124,6 +124,7 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._config_stamp = self._stamp()
         self.admin = self._admin_app()
+        self.tracer = tracing.Tracer(config.tracing)
 
     # -- the request path ---------------------------------------------------------------------------
 
@@ -154,6 +155,9 @@ class GatewayApp:
         else:
             ctx.trace_id = trace.group(1).decode()
             traceparent = trace.group(0).decode()
+        ctx.traceparent = traceparent
+        if gw.log_headers:
+            ctx.log_headers = logs.allowed_headers(raw_headers, gw.log_headers)
 
         # 1. Limits and path hygiene, before anything else looks at the request.
         if sum(len(k) + len(v) + 4 for k, v in raw_headers) > gw.config.limits.max_header_bytes:
@@ -417,6 +421,7 @@ class GatewayApp:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+        self.tracer.shutdown()
         self.started = False
 
     def ready(self) -> bool:
@@ -546,6 +551,7 @@ class _Context:
         "caller",
         "client",
         "gw",
+        "log_headers",
         "method",
         "outcome",
         "raw_path",
@@ -553,6 +559,7 @@ class _Context:
         "route",
         "start",
         "trace_id",
+        "traceparent",
     )  # fmt: skip
 
     def __init__(
@@ -575,6 +582,8 @@ class _Context:
         self.route: Route | None = None
         self.caller: Caller | None = None
         self.trace_id = ""
+        self.traceparent = ""
+        self.log_headers: dict[str, str] | None = None
         self.bytes_in = 0
         self.outcome = proxy.Outcome()
 
@@ -616,6 +625,14 @@ class _Context:
             metrics.child(metrics.request_bytes, caller, component).inc(self.bytes_in)
         if outcome.bytes_out:
             metrics.child(metrics.response_bytes, caller, component).inc(outcome.bytes_out)
+        if self.app.tracer.enabled:
+            self.app.tracer.record(
+                self.traceparent,
+                duration,
+                status,
+                {"http.request.method": method, "zgw.component": component, "zgw.resource": resource,
+                 "zgw.caller": caller, "zgw.request_id": self.request_id, "error.type": error or outcome.error or None},
+            )  # fmt: skip
         if not self.gw.config.log.access:
             return
         path = self.raw_path.decode("ascii", "replace")
@@ -639,6 +656,7 @@ class _Context:
                 "upstream_duration": round(outcome.upstream_seconds, 6),
                 "error": error or outcome.error or None,
                 "retried": outcome.retried or None,
+                **({"headers": self.log_headers} if self.log_headers is not None else {}),
             },
         )
 

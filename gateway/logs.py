@@ -59,3 +59,14 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     # The servers' own access logs would duplicate ours (and could show query strings).
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("granian.access").disabled = True
+
+
+def allowed_headers(raw_headers: list[tuple[bytes, bytes]], allow: list[bytes]) -> dict[str, str]:
+    """The request headers the operator allow-listed (`log.headers`, lower case) for the access log."""
+    out: dict[str, str] = {}
+    for name, value in raw_headers:
+        lname = name.lower()
+        if lname in allow:
+            text = value.decode("latin-1")[:256]  # bounded: a log line must not grow with a caller's header
+            out[lname.decode()] = f"{out[lname.decode()]}, {text}" if lname.decode() in out else text
+    return out

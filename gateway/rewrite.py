@@ -81,7 +81,7 @@ def normalise_base(base: str) -> str:
     except ValueError as exc:
         raise ValueError(f"URL base {base!r} has an invalid port") from exc
     if port == _DEFAULT_PORTS[scheme]:
-        netloc = netloc.rsplit(":", 1)[0]
+        pass
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
@@ -284,7 +284,7 @@ class UrlRewriter:
         # Encode in the target the characters the caller encoded, with the caller's hex case.
         escapes = re.findall(rb"%([0-9A-Fa-f]{2})", text)
         encoded = {int(escape, 16) for escape in escapes}
-        template = b"%%%02X" if any(escape != escape.upper() for escape in escapes) else b"%%%02X"
+        template = b"%%%02x" if any(escape != escape.upper() for escape in escapes) else b"%%%02X"
         return b"".join(template % byte if byte in encoded else bytes((byte,)) for byte in target)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from servers import GatewayProcess, free_port, sandbox_process
 
 CLIENT_ID = "gw-tests-Q7pLx2Vb9TrE"

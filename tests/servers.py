@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -52,6 +53,7 @@ class ThreadServer:
     port: int = 0
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_ca_certs: str | None = None  # with this, client certificates are required (mTLS)
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
 
@@ -65,6 +67,8 @@ class ThreadServer:
             lifespan="auto",
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
+            ssl_ca_certs=self.ssl_ca_certs,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if self.ssl_ca_certs else ssl.CERT_NONE,
         )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

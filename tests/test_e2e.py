@@ -223,8 +223,15 @@ def test_expired_token_is_evicted_reminted_and_retried_once() -> None:
         config = parse(base_config(upstream.url))
         registry = CollectorRegistry()
         app = create_app(
-            config, registry=registry, clock=lambda: gateway_clock[0], environ={"TEST_API_KEY": API_KEY,
-            "TEST_ZGW_SECRET": SECRET, "TEST_READONLY_KEY": READONLY_KEY, "TEST_OTHER_SECRET": "x" * 32}
+            config,
+            registry=registry,
+            clock=lambda: gateway_clock[0],
+            environ={
+                "TEST_API_KEY": API_KEY,
+                "TEST_ZGW_SECRET": SECRET,
+                "TEST_READONLY_KEY": READONLY_KEY,
+                "TEST_OTHER_SECRET": "x" * 32,
+            },
         )
         with ThreadServer(app) as gw:
             url = gw.url + "/catalogi/api/v1/catalogussen"
@@ -251,7 +258,9 @@ def test_expired_token_is_evicted_reminted_and_retried_once() -> None:
 
 def test_other_client_credentials_per_component(sandbox: str, gateway_factory: Callable[..., GatewayProcess]) -> None:
     config = base_config(sandbox)
-    config["callers"][0]["credentials"] = {"documenten": {"client_id": OTHER_CLIENT_ID, "secret": {"env": "TEST_OTHER_SECRET"}}}
+    config["callers"][0]["credentials"] = {
+        "documenten": {"client_id": OTHER_CLIENT_ID, "secret": {"env": "TEST_OTHER_SECRET"}}
+    }
     gw = gateway_factory(config)
     clear_sandbox(sandbox)
     assert httpx.get(gw.url + "/documenten/api/v1/enkelvoudiginformatieobjecten", headers=KEY).status_code == 200
@@ -266,9 +275,23 @@ def test_cli_token_matches_what_the_gateway_sends(gateway: GatewayProcess) -> No
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "token", "--config", str(gateway.config_path), "--caller", "legacy-dms",
-         "--component", "zaken"],
-        capture_output=True, text=True, env={**gateway.env, "PATH": "/usr/bin:/bin"}, timeout=30, check=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "token",
+            "--config",
+            str(gateway.config_path),
+            "--caller",
+            "legacy-dms",
+            "--component",
+            "zaken",
+        ],
+        capture_output=True,
+        text=True,
+        env={**gateway.env, "PATH": "/usr/bin:/bin"},
+        timeout=30,
+        check=True,
     )
     token = out.stdout.splitlines()[0]
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
@@ -296,7 +319,10 @@ def test_large_bodies_stream_both_ways_without_memory_growth(
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": str(received[0]).encode()})
             return
-        headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size_mib * len(chunk)).encode())]
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(size_mib * len(chunk)).encode()),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for _ in range(size_mib):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

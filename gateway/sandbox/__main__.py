@@ -24,7 +24,10 @@ def parse_client(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.sandbox",
+        description="A strict in-memory ZGW server (Catalogi, Zaken, Documenten) that authenticates like Open Zaak.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--client", type=parse_client, action="append", default=[], metavar="ID=SECRET")
