@@ -57,8 +57,8 @@ ARG UID=10001
 ARG GID=10001
 
 # A fixed numeric UID/GID so Kubernetes can verify runAsNonRoot without a passwd lookup.
-RUN groupadd --system --gid "${GID}" zgw \
-    && useradd --system --uid "${UID}" --gid "${GID}" --no-create-home --home-dir /nonexistent \
+RUN groupadd --gid "${GID}" zgw \
+    && useradd --no-log-init --uid "${UID}" --gid "${GID}" --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin zgw
 
 COPY --from=builder /opt/zgw-gateway /opt/zgw-gateway

@@ -248,6 +248,8 @@ async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             fw.active[0] -= 1
+            if isinstance(exc.__cause__, BodyTooLarge | BodyTimeout | ClientGone):
+                raise exc.__cause__ from None  # aiohttp wraps what the body stream raised; it is the caller's fault
             outcome.upstream_seconds += time.perf_counter() - started
             problem, reason = _failure(exc)
             if pool_full and reason == "timeout" and isinstance(exc, aiohttp.ConnectionTimeoutError):

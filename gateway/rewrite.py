@@ -64,7 +64,7 @@ def is_json_content_type(content_type: str | None) -> bool:
         return False
     media_type = content_type.split(";", 1)[0].strip().lower()
     kind, slash, subtype = media_type.partition("/")
-    return bool(slash) and kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+    return bool(slash) and kind == "application" and "json" in subtype
 
 
 def normalise_base(base: str) -> str:
@@ -81,7 +81,7 @@ def normalise_base(base: str) -> str:
     except ValueError as exc:
         raise ValueError(f"URL base {base!r} has an invalid port") from exc
     if port == _DEFAULT_PORTS[scheme]:
-        pass
+        netloc = netloc.rsplit(":", 1)[0]
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 

@@ -65,6 +65,7 @@ class ThreadServer:
             port=self.port,
             log_level="warning",
             lifespan="auto",
+            proxy_headers=False,  # upstream doubles see X-Forwarded-* as headers, like Open Zaak does
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
             ssl_ca_certs=self.ssl_ca_certs,
