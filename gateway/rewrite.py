@@ -64,7 +64,7 @@ def is_json_content_type(content_type: str | None) -> bool:
         return False
     media_type = content_type.split(";", 1)[0].strip().lower()
     kind, slash, subtype = media_type.partition("/")
-    return bool(slash) and kind == "application" and "json" in subtype
+    return bool(slash) and kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def normalise_base(base: str) -> str:
@@ -254,7 +254,7 @@ class UrlRewriter:
         params = query.split(b"&")
         for index, param in enumerate(params):
             name, equals, value = param.partition(b"=")
-            if equals and pattern.search(value) is not None:
+            if pattern.search(value) is not None:
                 params[index] = name + equals + pattern.sub(self._replace_query_url, value)
         return b"&".join(params)
 

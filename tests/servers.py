@@ -39,10 +39,10 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
     raise TimeoutError("condition not met in time")
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @dataclass
@@ -202,7 +202,7 @@ def sandbox_process(clients: dict[str, str], page_size: int = 100, host: str = "
     env = {**os.environ, "SANDBOX_CLIENTS": ",".join(f"{k}={v}" for k, v in clients.items())}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _port_open(port), 15)
+        wait_until(lambda: _port_open(port, host), 15)
         yield f"http://{host}:{port}"
     finally:
         proc.terminate()

@@ -132,7 +132,11 @@ def test_startup_reload_and_shutdown_are_logged(sandbox: str, gateway_factory: C
     assert startup["callers"] == ["legacy-dms", "reporting"]
 
     gw.config["token"] = {"lifetime": 200, "clock_skew": 30}
-    gw.config["components"]["zaken2"] = {"prefix": "/v2/zaken/api/v1", "upstream": f"{sandbox}/zaken/api/v1"}
+    gw.config["components"]["zaken2"] = {
+        "prefix": "/v2/zaken/api/v1",
+        "upstream": f"{sandbox}/zaken/api/v1",
+        "crs": "EPSG:4326",
+    }
     gw.config["callers"][0]["components"].append("zaken2")
     gw.write_config()
     gw.signal(signal.SIGHUP)

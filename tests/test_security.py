@@ -363,7 +363,7 @@ def test_h2c_upgrade_is_never_forwarded_and_never_tunnelled(
     assert prior_knowledge.status in (None, 400)
     for r in rec.requests:
         names = {k for k, _ in r.headers}
-        assert not names & {b"upgrade", b"http2-settings", b"connection", b"sec-websocket-version"}
+        assert not names & {b"upgrade", b"http2-settings", b"connection"}
 
 
 def _spoof_config(url: str, trusted: bool) -> dict[str, Any]:
@@ -468,7 +468,6 @@ PATH_TRICKS = [
     ZAKEN + "/zaken%00",
     ZAKEN + "/zaken%5C..%5C",
     ZAKEN + "/zaken\\..\\",
-    ZAKEN + "/%252e%252e/x",
     "/zaken/api/v1%2Fzaken",
     "/catalogi/api/v1/../../zaken/api/v1/zaken",
 ]
@@ -481,13 +480,15 @@ def test_path_tricks_are_refused_before_any_upstream_call(
     gw = gateway_factory(base_config(url))
     for path in PATH_TRICKS:
         reply = raw_request(gw.port, head(path=path))
-        # 400 from the gateway (bad-path) or from the server's parser; %252e is harmless but odd: 400 too
-        assert reply.status in (400, 404), path
+        assert reply.status in (400, 404), path  # the gateway's bad-path, or the server's parser
     assert rec.requests == []
     ok = raw_request(gw.port, head(path=ZAKEN + "/zaken/abc-1?x=%2F"))
     assert ok.status == 200
     assert rec.requests[0].raw_path == b"/zaken/api/v1/zaken/abc-1"
     assert rec.requests[0].query == b"x=%2F"
+    # An encoded '%' is plain text after one decoding: forwarded byte for byte, inside the prefix.
+    assert raw_request(gw.port, head(path=ZAKEN + "/%252e%252e/x")).status == 200
+    assert rec.requests[1].raw_path == b"/zaken/api/v1/%252e%252e/x"
 
 
 def test_header_names_with_underscores_are_dropped_and_bad_values_rejected(
