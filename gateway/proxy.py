@@ -357,20 +357,15 @@ async def _relay(fw: Forward, resp: aiohttp.ClientResponse, send: Send, outcome:
         return
 
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    if prefix:
-        outcome.bytes_out += len(prefix)
-        if content.at_eof():
-            await send({"type": "http.response.body", "body": prefix})
-            return
-        await send({"type": "http.response.body", "body": prefix, "more_body": True})
     try:
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
+        chunk = prefix or await content.readany()
+        # A body that arrived whole (most ZGW JSON answers) goes out in one message.
+        while not content.at_eof():
             outcome.bytes_out += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await content.readany()
     except aiohttp.ClientError as exc:
         outcome.error = "upstream_reset"
         raise UpstreamAborted from exc
-    await send({"type": "http.response.body", "body": b""})
+    outcome.bytes_out += len(chunk)
+    await send({"type": "http.response.body", "body": chunk})
