@@ -14,7 +14,6 @@ import json
 import operator
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from procs import (
     http_get,
     log_tail,
     nginx_conf,
+    stop_on_signals,
     wait_http,
     wait_port,
 )
@@ -363,7 +363,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds the with-blocks, which stop all
+    stop_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="zgw-bench-"))
     gateway = not args.no_gateway and gateway_available()
     if not gateway:

@@ -111,8 +111,27 @@ class Processes:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        for proc in reversed(list(self.running)):
-            self.stop(proc)
+        # A Ctrl-C reaches this process twice (from the terminal and forwarded by `uv run`): the second
+        # must not cut the clean-up short.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for proc in reversed(list(self.running)):
+                self.stop(proc)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C or SIGTERM unwinds the ``with Processes`` block once; repeats (``uv run`` forwards the
+    terminal's SIGINT, so it arrives twice) are ignored so they cannot cut the clean-up short."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def background_cpu(seconds: float = 1.0) -> float:

@@ -140,10 +140,12 @@ def serve(server: str, port: int) -> None:
 def experiment(duration: int, rounds: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from harness import PAGE, Target, wrk
-    from procs import BENCH, STATIC_TOKEN, Processes, free_port, wait_http, wait_port
+    from procs import BENCH, STATIC_TOKEN, Processes, background_cpu, free_port, stop_on_signals, wait_http, wait_port
 
     headers = {"Authorization": f"Bearer {STATIC_TOKEN}", "Accept-Crs": "EPSG:4326"}
+    stop_on_signals()
     rps: dict[tuple[str, str], list[float]] = {}
+    busy_before = background_cpu()
     with tempfile.TemporaryDirectory(prefix="zgw-transports-") as tmp, Processes(Path(tmp)) as procs:
         up_port = free_port()
         up = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(up_port)], 0)
@@ -166,7 +168,8 @@ def experiment(duration: int, rounds: int) -> None:
                         flush=True,
                     )
                     procs.stop(proc)
-    print(f"\nupstream stub alone: {direct:.0f} req/s\n")
+    print(f"\nCPUs busy before/after: {busy_before:.0f}% / {background_cpu():.0f}% (should be ~0)")
+    print(f"upstream stub alone: {direct:.0f} req/s\n")
     print("| client        | " + " | ".join(f"{s:>8}" for s in SERVERS) + " |")
     print("|---------------|" + "|".join("---------:" for _ in SERVERS) + "|")
     for client in CLIENTS:

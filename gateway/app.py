@@ -52,7 +52,8 @@ _ALWAYS_DROPPED = frozenset(
     }
 ) | proxy.HOP_BY_HOP  # fmt: skip
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+# W3C Trace Context 3.2: version ff and all-zero ids are invalid.
+_TRACEPARENT = re.compile(rb"^(?!ff)[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 _ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\d+)(?=/|$)")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

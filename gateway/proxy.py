@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from . import problems
 from .breaker import CircuitBreaker
@@ -236,7 +237,7 @@ async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
         try:
             resp = await fw.session.request(
                 fw.method,
-                fw.url,
+                URL(fw.url, encoded=True),  # as the caller sent it: no re-quoting of path or query
                 headers=fw.headers,
                 data=fw.body,
                 allow_redirects=False,

@@ -31,9 +31,7 @@ def _clean(node: Any) -> Any:
         for key, value in node.items():
             # Only schema keywords have string values here; properties that happen to be named
             # "title" or "format" (log.format) hold a schema object and are kept.
-            if isinstance(value, str) and (
-                key == "title" or (key == "format" and value not in STANDARD_FORMATS)
-            ):
+            if isinstance(value, str) and (key == "title" or (key == "format" and value not in STANDARD_FORMATS)):
                 continue
             if key == "$ref" and isinstance(value, str):
                 value = value.replace("#/$defs/", "#/definitions/")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
 from conftest import ALL_SECRETS, API_KEY, base_config
 from servers import GatewayProcess, metric_value, wait_until
 
@@ -68,7 +67,7 @@ def test_one_json_access_line_per_request_with_its_fields(gateway: GatewayProces
         no_route = client.get("/elsewhere")
 
     line = _access(gateway, ok.headers["x-request-id"])
-    assert ACCESS_FIELDS <= set(line), ACCESS_FIELDS - set(line)
+    assert set(line) >= ACCESS_FIELDS, ACCESS_FIELDS - set(line)
     assert line["logger"] == "zgw_gateway.access"
     assert line["caller"] == "legacy-dms" and line["component"] == "zaken" and line["resource"] == "zaken"
     assert (line["method"], line["path"], line["status"], line["upstream_status"]) == (
@@ -95,7 +94,12 @@ def test_one_json_access_line_per_request_with_its_fields(gateway: GatewayProces
     assert line["status"] == post.status_code
 
     line = _access(gateway, unknown.headers["x-request-id"])
-    assert (line["caller"], line["status"], line["source"], line["upstream_status"]) == ("unknown", 401, "gateway", None)
+    assert (line["caller"], line["status"], line["source"], line["upstream_status"]) == (
+        "unknown",
+        401,
+        "gateway",
+        None,
+    )
     assert line["error"] == "unknown-caller"
     line = _access(gateway, no_route.headers["x-request-id"])
     assert (line["component"], line["status"], line["error"]) == ("none", 404, "no-route")

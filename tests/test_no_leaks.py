@@ -18,13 +18,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from conftest import ALL_SECRETS, API_KEY, CLIENT_ID, OTHER_CLIENT_ID, READONLY_KEY, base_config
+from servers import GatewayProcess, ThreadServer, metric_value, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from conftest import ALL_SECRETS, API_KEY, CLIENT_ID, OTHER_CLIENT_ID, READONLY_KEY, base_config
-from servers import GatewayProcess, ThreadServer, wait_until
 
 FILE_KEY = "gw-test-file-key-0b8d6f4a2c9e7b5d3f1a8c6e4b2d0f9a"
 ROTATED_KEY = "gw-test-rotated-key-5e3c1a9f7d5b3e1c9a7f5d3b1e9c7a5f"
@@ -145,9 +144,7 @@ def test_no_secret_or_token_in_logs_metrics_or_responses(
     assert {c[0] for c in claims} == {CLIENT_ID, OTHER_CLIENT_ID, FILER_CLIENT_ID}
     # One token per (client, secret version, user): the plain caller, its end user, reporting, filer twice.
     assert len(tokens) == 5
-    minted = sum(
-        float(line.split()[-1]) for line in exposition.splitlines() if line.startswith("zgw_gateway_tokens_minted_total")
-    )
+    minted = metric_value(exposition, "zgw_gateway_tokens_minted_total")
     assert minted == 5
     # What the sandbox received carries the same tokens (it shows claims only): nothing minted went unseen.
     journal = httpx.get(sandbox + "/_sandbox/requests", timeout=5).json()

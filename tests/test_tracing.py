@@ -10,16 +10,16 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import API_KEY, base_config
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from servers import GatewayProcess, ThreadServer, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conftest import API_KEY, base_config
 from gateway.config import Tracing
 from gateway.tracing import Tracer
-from servers import GatewayProcess, ThreadServer, wait_until
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
@@ -80,7 +80,17 @@ def test_callers_trace_context_goes_upstream_unchanged(
     assert _access_trace_id(gw, r.headers["x-request-id"]) == "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-@pytest.mark.parametrize("sent", [None, "00-not-a-trace-01", "00-" + "0" * 31 + "-00f067aa0ba902b7-01"])
+MALFORMED = [
+    "00-not-a-trace-01",
+    "00-" + "0" * 31 + "-00f067aa0ba902b7-01",
+    "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    TRACEPARENT.upper(),
+]
+
+
+@pytest.mark.parametrize("sent", [None, *MALFORMED])
 def test_a_trace_is_started_when_absent_or_malformed(
     sent: str | None, echo: tuple[str, list[dict[str, str]]], gateway_factory: Callable[..., GatewayProcess]
 ) -> None:
