@@ -281,6 +281,9 @@ class GatewayApp:
         xfp = headers.get(b"x-forwarded-proto")
         if peer.trusted and xfp is not None and xfp in (b"http", b"https"):
             scheme = xfp.decode()
+        if trace is None and b"tracestate" in headers:
+            # W3C Trace Context 3.3: a tracestate without a valid traceparent belongs to no trace.
+            up_headers = [(k, v) for k, v in up_headers if k.lower() != "tracestate"]
         up_headers += [
             ("Host", host),
             ("Authorization", minted.header_value.decode()),

@@ -86,7 +86,7 @@ def client_session(component: Component, ssl_ctx: ssl.SSLContext | bool) -> aioh
         keepalive_timeout=30,
         enable_cleanup_closed=False,
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
         # aiohttp would add Accept, Accept-Encoding, User-Agent and Content-Type on its own; Open Zaak
@@ -96,6 +96,11 @@ def client_session(component: Component, ssl_ctx: ssl.SSLContext | bool) -> aioh
         cookie_jar=aiohttp.DummyCookieJar(),
         requote_redirect_url=False,
     )
+    # aiohttp silently resends an idempotent request once when the connection breaks; forward() makes
+    # that decision itself (once, counted), so aiohttp's own retry would make it twice and invisible.
+    # No public switch exists; aiohttp's own test client sets the same attribute.
+    session._retry_connection = False
+    return session
 
 
 def ssl_context(component: Component) -> ssl.SSLContext | bool:

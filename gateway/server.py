@@ -221,7 +221,9 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: app.reload("SIGHUP"))
 
     extras = [
-        _ExtraServer(uvicorn.Config(a, host=h, port=p, loop="none", log_config=None, access_log=False, proxy_headers=False))  # type: ignore[arg-type]
+        _ExtraServer(
+            uvicorn.Config(a, host=h, port=p, loop="none", log_config=None, access_log=False, proxy_headers=False)  # type: ignore[arg-type]
+        )
         for a, h, p in extra or []
     ]
     admin_task = asyncio.create_task(admin.serve())
