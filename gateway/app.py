@@ -347,7 +347,10 @@ class GatewayApp:
             in_flight.dec()
         if outcome.problem is not None:
             self.metrics.child(self.metrics.upstream_failures, route.name, outcome.error).inc()
-            return await ctx.reject(send, outcome.problem, "See the gateway's log for this request id.")
+            retry_after = 1 if outcome.problem.status == 503 else None  # pool exhausted: come back soon
+            return await ctx.reject(
+                send, outcome.problem, "See the gateway's log for this request id.", retry_after=retry_after
+            )
 
         # 9. Record.
         status = outcome.upstream_status

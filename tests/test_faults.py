@@ -22,12 +22,12 @@ import pytest
 from conftest import API_KEY, CLIENT_ID, GATEWAY_ENV, SECRET, base_config
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
+from servers import GatewayProcess, ThreadServer, free_port, metric_value, wait_until
 from test_security import Recorder, parse_reply
 
 from gateway.app import create_app
 from gateway.config import parse
 from gateway.sandbox import create_sandbox_app
-from servers import GatewayProcess, ThreadServer, free_port, metric_value, wait_until
 
 ZAKEN = "/zaken/api/v1"
 KEY = {"X-API-Key": API_KEY}
@@ -51,6 +51,8 @@ class RawUpstream:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.sock.close()
         self._thread.join(5)
 
@@ -298,7 +300,6 @@ def test_upstream_jwt_expired_evicts_remints_and_retries_once() -> None:
         assert r.status_code == 200
         assert _metric(registry, "zgw_gateway_upstream_retries_total", reason="token_expired") == 1
         assert _metric(registry, "zgw_gateway_tokens_minted_total") == 2
-        assert _metric(registry, "zgw_gateway_upstream_forbidden_total", code="jwt-expired") == 1
         # A POST is replayable too when its body was read whole.
         sclock.offset = gclock.offset = 200
         r = httpx.post(url + ZAKEN + "/zaken", headers=KEY, json={})

@@ -102,9 +102,7 @@ scalars = st.one_of(
 )
 documents = st.recursive(
     scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(strings, children, max_size=4)
-    ),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(strings, children, max_size=4)),
     max_leaves=12,
 )
 
@@ -199,9 +197,7 @@ def test_streaming_every_split_point(style: str) -> None:
 
 
 def test_streaming_one_byte_at_a_time() -> None:
-    doc = (
-        json.dumps({"a": [ZAKEN, ZAKEN + "/x", ZAKEN + "0", CATALOGI + "?q"]}).encode().replace(b"/", b"\\/")
-    )
+    doc = json.dumps({"a": [ZAKEN, ZAKEN + "/x", ZAKEN + "0", CATALOGI + "?q"]}).encode().replace(b"/", b"\\/")
     stream = rewriter.stream_to_public()
     out = b"".join(stream.feed(doc[i : i + 1]) for i in range(len(doc))) + stream.flush()
     assert out == rewriter.to_public(doc)
@@ -243,7 +239,9 @@ def test_mixed_escapes_come_out_plain() -> None:
 
 
 def test_escaped_boundary_after_the_base() -> None:
-    doc = b'["https://openzaak.example.nl/zaken/api/v1\\u002Fzaken", "https://openzaak.example.nl/zaken/api/v1\\u003Fx"]'
+    doc = (
+        b'["https://openzaak.example.nl/zaken/api/v1\\u002Fzaken", "https://openzaak.example.nl/zaken/api/v1\\u003Fx"]'
+    )
     assert rewriter.to_public(doc) == (
         b'["http://gw.intern:8000/zaken/api/v1\\u002Fzaken", "http://gw.intern:8000/zaken/api/v1\\u003Fx"]'
     )
@@ -271,9 +269,7 @@ def test_arrays_nested_objects_and_two_hosts() -> None:
                 "url": GW + "/zaken/api/v1/zaken/1",
                 "zaaktype": GW + "/catalogi/api/v1/zaaktypen/7",
                 "eigenschappen": [[GW + "/zaken/api/v1/zaken/1/zaakeigenschappen/3"]],
-                "kenmerken": [
-                    {"bron": {"link": GW + "/documenten/api/v1/enkelvoudiginformatieobjecten/9/download"}}
-                ],
+                "kenmerken": [{"bron": {"link": GW + "/documenten/api/v1/enkelvoudiginformatieobjecten/9/download"}}],
             }
         ],
     }
@@ -354,9 +350,7 @@ def test_public_base_equal_to_an_upstream_base_is_rewritten_once() -> None:
 
 
 def test_bases_are_normalised_like_a_server_emits_them() -> None:
-    normalised = UrlRewriter(
-        [("HTTPS://OpenZaak.Example.nl:443/zaken/api/v1/", "http://GW.intern:80/zaken/api/v1")]
-    )
+    normalised = UrlRewriter([("HTTPS://OpenZaak.Example.nl:443/zaken/api/v1/", "http://GW.intern:80/zaken/api/v1")])
     doc = b'"https://openzaak.example.nl/zaken/api/v1/zaken/1"'
     assert normalised.to_public(doc) == b'"http://gw.intern/zaken/api/v1/zaken/1"'
 
@@ -392,8 +386,7 @@ def test_no_pairs_rewrites_nothing() -> None:
 
 def test_duplicate_identical_pairs_are_accepted() -> None:
     assert (
-        UrlRewriter([*PAIRS, *PAIRS]).to_public(b'"' + ZAKEN.encode() + b'"')
-        == b'"' + GW.encode() + b'/zaken/api/v1"'
+        UrlRewriter([*PAIRS, *PAIRS]).to_public(b'"' + ZAKEN.encode() + b'"') == b'"' + GW.encode() + b'/zaken/api/v1"'
     )
 
 

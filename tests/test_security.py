@@ -23,7 +23,6 @@ import jwt
 import pytest
 import yaml
 from conftest import ALL_SECRETS, API_KEY, CLIENT_ID, SECRET, base_config
-
 from servers import ROOT, GatewayProcess, ThreadServer, metric_value, wait_until
 
 ZAKEN = "/zaken/api/v1"
@@ -352,7 +351,9 @@ def test_h2c_upgrade_is_never_forwarded_and_never_tunnelled(
     gw = gateway_factory(base_config(url))
     reply = raw_request(
         gw.port,
-        head(extra="Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"),
+        head(
+            extra="Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        ),
     )
     assert reply.status == 200
     assert "upgrade" not in reply.headers
