@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -38,6 +37,7 @@ from .rewrite import UrlRewriter, is_json_content_type
 from .routing import Route, RouteTable, is_safe_path
 from .secrets import SecretStore
 from .tokens import TokenCache
+from .upstream import Pool
 
 log = logging.getLogger("zgw_gateway")
 access_log = logging.getLogger("zgw_gateway.access")
@@ -48,7 +48,7 @@ _ALWAYS_DROPPED = frozenset(
     {
         b"authorization", b"cookie", b"host", b"content-length", b"forwarded", b"x-real-ip",
         b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-        b"x-forwarded-prefix", b"x-request-id", b"traceparent",
+        b"x-forwarded-prefix", b"x-request-id", b"traceparent", b"expect",
     }
 ) | proxy.HOP_BY_HOP  # fmt: skip
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -82,7 +82,7 @@ class Gateway:
             (comp.upstream, config.public_url + comp.prefix) for comp in config.components.values() if comp.rewrite_urls
         ]
         self.rewriter = UrlRewriter(pairs) if pairs else None
-        self.active: dict[str, list[int]] = {name: [0] for name in config.components}
+        self.pools: dict[str, Pool] = {}
         self.in_flight: dict[str, int] = dict.fromkeys(config.components, 0)
         self.total_in_flight = 0
         ident = config.identity
@@ -98,6 +98,24 @@ class Gateway:
 
     def problems(self) -> list[str]:
         return self.secrets.problems() + self.key_problems
+
+    def pool(self, route: Route) -> Pool:
+        found = self.pools.get(route.name)
+        if found is None:
+            found = self.pools[route.name] = proxy.client_pool(route, route.ssl)
+        return found
+
+    def adopt_pools(self, old: Gateway) -> None:
+        """Keep the connections of components whose config did not change; close the others' pools."""
+        for name, pool in old.pools.items():
+            if self.config.components.get(name) == old.config.components[name]:
+                self.pools[name] = pool
+            else:
+                pool.close()
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
 
 
 class GatewayApp:
@@ -119,7 +137,6 @@ class GatewayApp:
         self.gateway = Gateway(config, self.metrics, clock, environ)
         self.metrics.prepare(list(self.gateway.callers.callers), list(config.components))
         self.metrics.last_reload.set(clock())
-        self._sessions: dict[tuple[str, config_mod.Component], aiohttp.ClientSession] = {}
         self.draining = False
         self.started = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -221,11 +238,11 @@ class GatewayApp:
         if not cached:
             self.metrics.child(self.metrics.tokens_minted, caller.name, route.name).inc()
 
-        def refresh_token() -> str:
+        def refresh_token() -> bytes:
             gw.tokens.evict(key)
             fresh, _ = gw.tokens.get(key, secret)
             self.metrics.child(self.metrics.tokens_minted, caller.name, route.name).inc()
-            return fresh.header_value.decode()
+            return fresh.header_value
 
         # 6. Body: refuse what is too large before any upstream I/O; small bodies are read (replayable).
         comp = route.component
@@ -269,56 +286,68 @@ class GatewayApp:
             self.metrics.child(self.metrics.aborted, route.name, "client_gone").inc()
             return ctx.finish(499)
 
-        # 7. Headers upstream: the caller's, cleaned, plus the ones the gateway owns.
-        up_headers = self._upstream_headers(gw, raw_headers, headers)
+        # 7. Headers upstream: the token first, the caller's (cleaned), then the ones the gateway owns.
+        up_headers = self._upstream_headers(gw, raw_headers, headers, minted.header_value)
         if up_headers is None:
             return await ctx.reject(send, problems.BAD_REQUEST, "A header name or value is malformed.")
-        host = route.upstream_host if comp.host == "upstream" else route.public_host
-        forwarded_for = peer.ip
-        if peer.trusted and (xff := headers.get(b"x-forwarded-for")):
-            forwarded_for = xff.decode("latin-1") + ", " + (scope.get("client") or ("",))[0]
-        scheme = scope.get("scheme", "http")
-        xfp = headers.get(b"x-forwarded-proto")
-        if peer.trusted and xfp is not None and xfp in (b"http", b"https"):
-            scheme = xfp.decode()
         if trace is None and b"tracestate" in headers:
             # W3C Trace Context 3.3: a tracestate without a valid traceparent belongs to no trace.
-            up_headers = [(k, v) for k, v in up_headers if k.lower() != "tracestate"]
+            up_headers = [(k, v) for k, v in up_headers if k != b"tracestate"]
+        forwarded_for = peer.ip.encode()
+        if peer.trusted and (xff := headers.get(b"x-forwarded-for")):
+            forwarded_for = xff + b", " + (scope.get("client") or ("",))[0].encode()
+        scheme = b"https" if scope.get("scheme") == "https" else b"http"
+        xfp = headers.get(b"x-forwarded-proto")
+        if peer.trusted and xfp in (b"http", b"https"):
+            scheme = xfp
         up_headers += [
-            ("Host", host),
-            ("Authorization", minted.header_value.decode()),
-            ("X-Forwarded-For", forwarded_for),
-            ("X-Forwarded-Proto", scheme),
-            ("X-Forwarded-Host", route.public_host),
-            ("X-Request-ID", request_id),
-            ("traceparent", traceparent),
+            (b"host", route.host_header),
+            (b"x-forwarded-for", forwarded_for),
+            (b"x-forwarded-proto", scheme),
+            (b"x-forwarded-host", route.public_host_header),
+            (b"x-request-id", request_id.encode()),
+            (b"traceparent", traceparent.encode()),
         ]
-        if comp.crs is not None:
+        if route.crs is not None:
             # ZGW.md section 4: add when absent, never overwrite - a wrong value must still get its 406.
             if b"accept-crs" not in headers:
-                up_headers.append(("Accept-Crs", comp.crs))
+                up_headers.append((b"accept-crs", route.crs))
             if b"content-crs" not in headers:
-                up_headers.append(("Content-Crs", comp.crs))
-        if length is not None and not isinstance(body, bytes):
-            up_headers.append(("Content-Length", str(length)))
-        if rewrite is not None and query:
-            query = rewrite.query_to_upstream(query)
+                up_headers.append((b"content-crs", route.crs))
+        chunked = False
+        if isinstance(body, bytes):
+            if body or method in _BODY_METHODS:
+                up_headers.append((b"content-length", b"%d" % len(body)))
+        elif body is not None:
+            if length is not None:
+                up_headers.append((b"content-length", b"%d" % length))
+            else:
+                chunked = True
+                up_headers.append((b"transfer-encoding", b"chunked"))
+        elif method in _BODY_METHODS:
+            up_headers.append((b"content-length", b"0"))
+        if rewrite is not None:
+            # Links in compressed bodies cannot be rewritten: ask the upstream for plain bytes.
+            up_headers = [(k, v) for k, v in up_headers if k != b"accept-encoding"]
+            up_headers.append((b"accept-encoding", b"identity"))
+            if query:
+                query = rewrite.query_to_upstream(query)
 
         # 8. Forward and stream back.
         fw = proxy.Forward(
             route=route,
-            session=self._session(route),
+            pool=gw.pool(route),
             breaker=breaker,
             method=method,
-            url=route.upstream_target(raw_path, query),
+            target=route.upstream_target(raw_path, query),
             headers=up_headers,
             body=body,
+            chunked=chunked,
             extra_response_headers=[(b"x-request-id", request_id.encode())],
             rewriter=rewrite,
             refresh_token=refresh_token,
             retry_enabled=gw.config.retry.enabled,
             on_retry=lambda reason: self.metrics.child(self.metrics.retries, route.name, reason).inc(),
-            active=gw.active[route.name],
         )
         self.metrics.child(self.metrics.overhead, route.name).observe(time.perf_counter() - start)
         outcome = ctx.outcome
@@ -363,30 +392,23 @@ class GatewayApp:
         ctx.finish(status, source="upstream")
 
     def _upstream_headers(
-        self, gw: Gateway, raw_headers: list[tuple[bytes, bytes]], headers: dict[bytes, bytes]
-    ) -> list[tuple[str, str]] | None:
-        """The caller's headers that may go upstream; None when one is malformed."""
+        self, gw: Gateway, raw_headers: list[tuple[bytes, bytes]], headers: dict[bytes, bytes], authorization: bytes
+    ) -> list[tuple[bytes, bytes]] | None:
+        """The token, then the caller's headers that may go upstream; None when one is malformed."""
         dropped = gw._dropped
         connection = headers.get(b"connection")
         if connection is not None:
             dropped = dropped | {v.strip().lower() for v in connection.split(b",")}
-        out = []
+        out = [(b"authorization", authorization)]
         for name, value in raw_headers:
             if name in dropped:
                 continue
             if b"_" in name:
                 continue  # nginx's default: underscores can collide with '-' in CGI-style header maps
-            if not value.isascii():
+            if not value.isascii() or b"\r" in value or b"\n" in value or b"\x00" in value:
                 return None
-            out.append((name.decode("ascii"), value.decode("ascii")))
+            out.append((name, value))
         return out
-
-    def _session(self, route: Route) -> aiohttp.ClientSession:
-        key = (route.name, route.component)
-        session = self._sessions.get(key)
-        if session is None:
-            session = self._sessions[key] = proxy.client_session(route.component, route.ssl)
-        return session
 
     # -- lifecycle: startup, secret and config reloads, readiness, shutdown -------------------------
 
@@ -425,9 +447,7 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        self.gateway.close()
         self.tracer.shutdown()
         self.started = False
 
@@ -496,6 +516,7 @@ class GatewayApp:
         changed = sorted(k for k in Config.model_fields if getattr(old.config, k) != getattr(config, k))
         if old.config.listen != config.listen or old.config.admin != config.admin:
             log.warning("listen and admin addresses change only on restart", extra={"event": "config_reload"})
+        new.adopt_pools(old)
         self.gateway = new
         self.metrics.prepare(list(new.callers.callers), list(config.components))
         self.metrics.config_reloads.labels("success").inc()

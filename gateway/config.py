@@ -137,7 +137,7 @@ class Token(Model):
 class Timeouts(Model):
     connect: float = Field(default=5.0, gt=0, le=300)
     read: float = Field(default=60.0, gt=0, le=3600)
-    pool: float = Field(default=1.0, gt=0, le=60)
+    pool: float = Field(default=5.0, gt=0, le=60)
     total: float = Field(default=300.0, gt=0, le=86400)
 
 
@@ -338,6 +338,14 @@ class Config(Model):
             for j, comp_name in enumerate(caller.components):
                 if comp_name not in self.components:
                     errors.append(f"callers[{i}].components[{j}]: no component named '{comp_name}'")
+        rewritten = {name: comp for name, comp in self.components.items() if comp.rewrite_urls}
+        if rewritten:
+            from .rewrite import UrlRewriter  # the rewriter decides which mappings are ambiguous
+
+            try:
+                UrlRewriter([(c.upstream, self.public_url + c.prefix) for c in rewritten.values()])
+            except ValueError as exc:
+                errors.append(f"components ({', '.join(sorted(rewritten))}).rewrite_urls: {exc}")
         if errors:
             # Not a ValueError: pydantic would file these under the top level; each names its own key.
             raise ConfigError(errors)

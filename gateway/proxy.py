@@ -1,10 +1,10 @@
 """How one request travels upstream and its answer comes back: headers, streaming, retries, errors.
 
-The upstream client is aiohttp (see README "Choices"): on this workload it serves several times more
-requests per second than httpx's transports. One `aiohttp.ClientSession` per component, so each has its
-own connection pool, TLS settings and limits. Redirects are never followed (a token must never reach a
-redirect target), bodies are never decompressed or re-encoded, and no header is added that the caller did
-not send except the ones the gateway owns (Authorization, CRS, X-Forwarded-*, X-Request-ID, traceparent).
+The bytes travel through `upstream.Pool`, one per component (its own connections, TLS settings and
+limits; README "Choices" has the measurements that chose it over aiohttp and httpx). Redirects are never
+followed (a token must never reach a redirect target), bodies are never decompressed or re-encoded, and no
+header is added that the caller did not send except the ones the gateway owns (Authorization, CRS,
+X-Forwarded-*, X-Request-ID, traceparent) and the body framing (Content-Length or chunked).
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from . import problems
 from .breaker import CircuitBreaker
 from .config import Component
 from .rewrite import UrlRewriter, is_json_content_type
 from .routing import Route
 from .tokens import EXPIRED_CODES
+from .upstream import Pool, Response, Timeouts, UpstreamError
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -77,40 +75,25 @@ class Outcome:
     retried: str = ""
 
 
-def client_session(component: Component, ssl_ctx: ssl.SSLContext | bool) -> aiohttp.ClientSession:
+def client_pool(route: Route, ssl_ctx: ssl.SSLContext | None) -> Pool:
     """The connection pool of one component."""
-    connector = aiohttp.TCPConnector(
-        limit=component.max_connections,
-        ssl=ssl_ctx,
-        ttl_dns_cache=10,
-        keepalive_timeout=30,
-        enable_cleanup_closed=False,
+    comp = route.component
+    t = comp.timeouts
+    return Pool(
+        route.upstream_hostname, route.upstream_port, ssl_ctx, comp.max_connections, Timeouts(t.connect, t.read, t.pool)
     )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        # aiohttp would add Accept, Accept-Encoding, User-Agent and Content-Type on its own; Open Zaak
-        # answers 406 to some Accept values, so the caller's headers go through as they are.
-        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        requote_redirect_url=False,
-    )
-    # aiohttp silently resends an idempotent request once when the connection breaks; forward() makes
-    # that decision itself (once, counted), so aiohttp's own retry would make it twice and invisible.
-    # No public switch exists; aiohttp's own test client sets the same attribute.
-    session._retry_connection = False
-    return session
 
 
-def ssl_context(component: Component) -> ssl.SSLContext | bool:
-    """Verification on unless switched off; a CA bundle and a client certificate when configured."""
+def ssl_context(component: Component) -> ssl.SSLContext | None:
+    """None for http://; for https:// verification is on unless switched off, with the component's CA
+    bundle and client certificate when configured. SNI is the upstream's host name."""
+    if not component.upstream.startswith("https://"):
+        return None
     tls = component.tls
-    if not tls.verify:
-        return False
-    if tls.ca_file is None and tls.cert_file is None:
-        return True
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     if tls.cert_file is not None and tls.key_file is not None:
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     return ctx
@@ -158,7 +141,7 @@ async def rewrite_stream(source: AsyncIterator[bytes], rewriter: UrlRewriter) ->
 
 
 def response_headers(
-    raw: tuple[tuple[bytes, bytes], ...], extra: list[tuple[bytes, bytes]], rewriter: UrlRewriter | None
+    raw: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]], rewriter: UrlRewriter | None
 ) -> list[tuple[bytes, bytes]]:
     """Upstream response headers minus hop-by-hop ones, plus the gateway's own."""
     connection_named: set[bytes] = set()
@@ -177,24 +160,14 @@ def response_headers(
     return out
 
 
-def _failure(exc: BaseException) -> tuple[problems.Problem, str]:
-    """Map a client exception to the caller's problem and the metric reason."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return problems.UPSTREAM_DNS, "dns"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return problems.UPSTREAM_TLS, "tls"
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return problems.UPSTREAM_TIMEOUT, "timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return problems.UPSTREAM_UNREACHABLE, "connect"
-    return problems.UPSTREAM_RESET, "reset"
-
-
-def _never_left(exc: BaseException) -> bool:
-    """True when the request provably did not reach the upstream (the connection was never made)."""
-    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
-    )
+_PROBLEMS = {
+    "dns": problems.UPSTREAM_DNS,
+    "tls": problems.UPSTREAM_TLS,
+    "timeout": problems.UPSTREAM_TIMEOUT,
+    "connect": problems.UPSTREAM_UNREACHABLE,
+    "reset": problems.UPSTREAM_RESET,
+    "pool": problems.POOL_EXHAUSTED,
+}
 
 
 @dataclass(slots=True)
@@ -202,93 +175,77 @@ class Forward:
     """One request on its way upstream: everything `forward` needs, prepared by the app."""
 
     route: Route
-    session: aiohttp.ClientSession
+    pool: Pool
     breaker: CircuitBreaker | None
     method: str
-    url: str
-    headers: list[tuple[str, str]]
+    target: bytes  # path and query as they go upstream
+    headers: list[tuple[bytes, bytes]]  # Authorization first, so a retry can swap it
     body: bytes | AsyncIterator[bytes] | None
+    chunked: bool
     extra_response_headers: list[tuple[bytes, bytes]]
     rewriter: UrlRewriter | None
-    refresh_token: Callable[[], str] | None  # evicts the cached token, returns a fresh Authorization value
+    refresh_token: Callable[[], bytes] | None  # evicts the cached token, returns a fresh Authorization value
     retry_enabled: bool
     on_retry: Callable[[str], None]
-    active: list[int]  # [requests currently upstream on this route], shared per route
+
+
+def _head(fw: Forward) -> bytes:
+    lines = [b"%s %s HTTP/1.1" % (fw.method.encode(), fw.target)]
+    lines.extend(name + b": " + value for name, value in fw.headers)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
-    """Send the request upstream and stream the answer to the caller; fills `outcome`."""
-    route = fw.route
-    comp = route.component
-    timeouts = comp.timeouts
+    """Send the request upstream and stream the answer to the caller; fills `outcome`.
+
+    `timeouts.total` bounds everything until the answer's headers, a retry included; the body then
+    streams for as long as it keeps moving (`timeouts.read` between chunks), so large documents pass.
+    """
+    timeouts = fw.route.component.timeouts
     deadline = time.monotonic() + timeouts.total
     replayable = fw.body is None or isinstance(fw.body, bytes)
     attempt = 0
     while True:
         attempt += 1
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            outcome.problem, outcome.error = problems.UPSTREAM_TIMEOUT, "timeout"
-            return
-        timeout = aiohttp.ClientTimeout(
-            total=remaining,
-            connect=timeouts.pool + timeouts.connect,
-            sock_connect=timeouts.connect,
-            sock_read=timeouts.read,
-        )
-        pool_full = fw.active[0] >= comp.max_connections
         started = time.perf_counter()
-        fw.active[0] += 1
         try:
-            resp = await fw.session.request(
-                fw.method,
-                URL(fw.url, encoded=True),  # as the caller sent it: no re-quoting of path or query
-                headers=fw.headers,
-                data=fw.body,
-                allow_redirects=False,
-                timeout=timeout,
-                ssl=route.ssl,
-            )
-        except (BodyTooLarge, BodyTimeout, ClientGone):
-            fw.active[0] -= 1
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            fw.active[0] -= 1
-            if isinstance(exc.__cause__, BodyTooLarge | BodyTimeout | ClientGone):
-                raise exc.__cause__ from None  # aiohttp wraps what the body stream raised; it is the caller's fault
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
+                resp = await fw.pool.request(fw.method, _head(fw), fw.body, fw.chunked)
+        except (TimeoutError, UpstreamError) as exc:
             outcome.upstream_seconds += time.perf_counter() - started
-            problem, reason = _failure(exc)
-            if pool_full and reason == "timeout" and isinstance(exc, aiohttp.ConnectionTimeoutError):
-                problem, reason = problems.POOL_EXHAUSTED, "pool"
+            reason = exc.reason if isinstance(exc, UpstreamError) else "timeout"
+            sent = exc.sent if isinstance(exc, UpstreamError) else True
             if (
                 attempt == 1
                 and fw.retry_enabled
                 and replayable
-                and (_never_left(exc) or (reason == "reset" and fw.method in IDEMPOTENT))
+                and reason != "pool"
+                and (not sent or (reason == "reset" and fw.method in IDEMPOTENT))
+                and time.monotonic() < deadline
             ):
                 fw.on_retry(reason)
                 outcome.retried = reason
                 continue
-            if fw.breaker is not None:
+            if fw.breaker is not None and reason != "pool":
                 fw.breaker.record(False)
-            outcome.problem, outcome.error = problem, reason
+            outcome.problem, outcome.error = _PROBLEMS[reason], reason
             return
         outcome.upstream_seconds += time.perf_counter() - started
         try:
             outcome.upstream_status = resp.status
             if resp.status == 403:
-                body = await resp.content.read(FORBIDDEN_PEEK_LIMIT + 1)
-                code = _problem_code(resp.headers.get("Content-Type"), body)
+                body = await _read(resp, FORBIDDEN_PEEK_LIMIT + 1)
+                code = _problem_code(_header(resp.headers, b"content-type"), body)
                 outcome.forbidden_code = code
                 if (
                     code in EXPIRED_CODES
                     and attempt == 1
                     and replayable
                     and fw.refresh_token is not None
-                    and len(body) <= FORBIDDEN_PEEK_LIMIT
+                    and resp.at_eof()
                 ):
-                    new_auth = fw.refresh_token()
-                    fw.headers = [(k, new_auth if k == "Authorization" else v) for k, v in fw.headers]
+                    fw.headers[0] = (b"authorization", fw.refresh_token())
                     fw.on_retry("token_expired")
                     outcome.retried = "token_expired"
                     continue
@@ -296,11 +253,24 @@ async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
             else:
                 await _relay(fw, resp, send, outcome)
         finally:
-            fw.active[0] -= 1
             resp.release()
         if fw.breaker is not None:
             fw.breaker.record(resp.status not in (502, 503, 504))
         return
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if len(key) == len(name) and key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _read(resp: Response, limit: int) -> bytes:
+    try:
+        return await resp.read(limit)
+    except UpstreamError as exc:
+        raise UpstreamAborted from exc
 
 
 def _problem_code(content_type: str | None, body: bytes) -> str:
@@ -314,13 +284,16 @@ def _problem_code(content_type: str | None, body: bytes) -> str:
     return code if isinstance(code, str) else ""
 
 
-async def _relay(fw: Forward, resp: aiohttp.ClientResponse, send: Send, outcome: Outcome, prefix: bytes = b"") -> None:
+async def _relay(fw: Forward, resp: Response, send: Send, outcome: Outcome, prefix: bytes = b"") -> None:
     """Stream the upstream response to the caller; abort the caller's connection if upstream breaks."""
     outcome.status = resp.status
     rewriter = fw.rewriter
-    rewrite_body = rewriter is not None and is_json_content_type(resp.headers.get("Content-Type"))
-    headers = response_headers(resp.raw_headers, fw.extra_response_headers, rewriter)
-    content = resp.content
+    rewrite_body = (
+        rewriter is not None
+        and is_json_content_type(_header(resp.headers, b"content-type"))
+        and _header(resp.headers, b"content-encoding") in (None, "identity")  # compressed: left as it is
+    )
+    headers = response_headers(resp.headers, fw.extra_response_headers, rewriter)
     if fw.method == "HEAD":
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
@@ -330,11 +303,7 @@ async def _relay(fw: Forward, resp: aiohttp.ClientResponse, send: Send, outcome:
         assert rewriter is not None
         length = resp.content_length
         if length is not None and length <= REWRITE_BUFFER_LIMIT:
-            try:
-                body = prefix + await content.read()
-            except aiohttp.ClientError as exc:
-                raise UpstreamAborted from exc
-            body = rewriter.to_public(body)
+            body = rewriter.to_public(prefix + await _read(resp, length + 1))
             headers = [(k, v) for k, v in headers if k != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -344,17 +313,17 @@ async def _relay(fw: Forward, resp: aiohttp.ClientResponse, send: Send, outcome:
         headers = [(k, v) for k, v in headers if k != b"content-length"]
         stream = rewriter.stream_to_public()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        if prefix:
-            out = stream.feed(prefix)
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-            outcome.bytes_out += len(out)
+        chunk = prefix
         try:
-            async for chunk in content.iter_chunked(CHUNK):
+            while True:
                 out = stream.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
                     outcome.bytes_out += len(out)
-        except aiohttp.ClientError as exc:
+                chunk = await resp.read_chunk()
+                if not chunk:
+                    break
+        except UpstreamError as exc:
             outcome.error = "upstream_reset"
             raise UpstreamAborted from exc
         out = stream.flush()
@@ -364,13 +333,13 @@ async def _relay(fw: Forward, resp: aiohttp.ClientResponse, send: Send, outcome:
 
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
     try:
-        chunk = prefix or await content.readany()
+        chunk = prefix or await resp.read_chunk()
         # A body that arrived whole (most ZGW JSON answers) goes out in one message.
-        while not content.at_eof():
+        while not resp.at_eof():
             outcome.bytes_out += len(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            chunk = await content.readany()
-    except aiohttp.ClientError as exc:
+            chunk = await resp.read_chunk()
+    except UpstreamError as exc:
         outcome.error = "upstream_reset"
         raise UpstreamAborted from exc
     outcome.bytes_out += len(chunk)

@@ -38,20 +38,27 @@ class Route:
     name: str
     component: Component
     prefix: bytes
-    upstream_origin: str  # scheme://host[:port]
     upstream_path: bytes  # the upstream base path, no trailing slash
     upstream_host: str  # what Host says upstream when the host mode is 'upstream'
+    upstream_hostname: str  # where to connect
+    upstream_port: int
     public_host: str
-    ssl: ssl.SSLContext | bool = True
+    ssl: ssl.SSLContext | None = None
     resources: frozenset[str] = field(default_factory=frozenset)
+    # Precomputed for the hot path: the Host header sent upstream, X-Forwarded-Host, the CRS value.
+    host_header: bytes = b""
+    public_host_header: bytes = b""
+    crs: bytes | None = None
 
-    def upstream_target(self, raw_path: bytes, query: bytes) -> str:
-        """The upstream URL for a matched raw path and raw query string."""
-        rest = raw_path[len(self.prefix) :]
-        target = self.upstream_origin + (self.upstream_path + rest).decode("ascii")
-        if query:
-            target += "?" + query.decode("latin-1")
-        return target
+    def __post_init__(self) -> None:
+        self.host_header = (self.upstream_host if self.component.host == "upstream" else self.public_host).encode()
+        self.public_host_header = self.public_host.encode()
+        self.crs = self.component.crs.encode() if self.component.crs else None
+
+    def upstream_target(self, raw_path: bytes, query: bytes) -> bytes:
+        """The upstream request target (path and query) for a matched raw path and raw query string."""
+        target = self.upstream_path + raw_path[len(self.prefix) :] or b"/"
+        return target + b"?" + query if query else target
 
     def resource(self, raw_path: bytes) -> str:
         """The resource name for metrics and logs: the first path segment after the prefix.
@@ -74,7 +81,7 @@ class Route:
 class RouteTable:
     """Longest-prefix match from the caller's path to a Route, compiled once per config."""
 
-    def __init__(self, config: Config, ssl_contexts: dict[str, ssl.SSLContext | bool]) -> None:
+    def __init__(self, config: Config, ssl_contexts: dict[str, ssl.SSLContext | None]) -> None:
         public_host = urlsplit(config.public_url).netloc
         routes = []
         for name, comp in config.components.items():
@@ -84,11 +91,12 @@ class RouteTable:
                     name=name,
                     component=comp,
                     prefix=comp.prefix.encode(),
-                    upstream_origin=f"{parts.scheme}://{parts.netloc}",
                     upstream_path=parts.path.rstrip("/").encode(),
                     upstream_host=parts.netloc,
+                    upstream_hostname=parts.hostname or "",
+                    upstream_port=parts.port or (443 if parts.scheme == "https" else 80),
                     public_host=public_host,
-                    ssl=ssl_contexts.get(name, True),
+                    ssl=ssl_contexts.get(name),
                     resources=KNOWN_RESOURCES,
                 )
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
 import pytest
 from hypothesis import given, settings
@@ -127,18 +127,19 @@ def test_a_prefix_matches_only_at_a_segment_boundary() -> None:
 
 def test_upstream_target_joins_base_and_rest() -> None:
     zaken = TABLE.by_name["zaken"]
-    assert zaken.upstream_target(b"/zaken/api/v1/zaken", b"") == "https://oz.example.nl/zaken/api/v1/zaken"
-    assert zaken.upstream_target(b"/zaken/api/v1/", b"") == "https://oz.example.nl/zaken/api/v1/"
-    assert zaken.upstream_target(b"/zaken/api/v1", b"") == "https://oz.example.nl/zaken/api/v1"
+    assert zaken.upstream_target(b"/zaken/api/v1/zaken", b"") == b"/zaken/api/v1/zaken"
+    assert zaken.upstream_target(b"/zaken/api/v1/", b"") == b"/zaken/api/v1/"
+    assert zaken.upstream_target(b"/zaken/api/v1", b"") == b"/zaken/api/v1"
+    assert (zaken.upstream_hostname, zaken.upstream_port) == ("oz.example.nl", 443)
     catalogi = TABLE.by_name["catalogi"]
     assert catalogi.upstream_host == "oz.example.nl:8443"
     assert catalogi.public_host == "gw.intern:8000"
-    assert catalogi.upstream_target(b"/catalogi/api/v1/zaaktypen", b"") == (
-        "https://oz.example.nl:8443/catalogi/api/v1/zaaktypen"
-    )
+    assert catalogi.upstream_target(b"/catalogi/api/v1/zaaktypen", b"") == b"/catalogi/api/v1/zaaktypen"
+    assert (catalogi.upstream_hostname, catalogi.upstream_port) == ("oz.example.nl", 8443)
     root = TABLE.by_name["root"]
     assert root.upstream_path == b""
-    assert root.upstream_target(b"/legacy/x", b"") == "http://old.example.nl/x"
+    assert root.upstream_target(b"/legacy/x", b"") == b"/x"
+    assert root.upstream_target(b"/legacy", b"a=1") == b"/?a=1"  # an empty path is '/' on the wire
 
 
 @pytest.mark.parametrize(
@@ -155,7 +156,7 @@ def test_upstream_target_joins_base_and_rest() -> None:
 )
 def test_the_query_string_is_forwarded_byte_for_byte(query: bytes) -> None:
     target = TABLE.by_name["zaken"].upstream_target(b"/zaken/api/v1/zaken", query)
-    assert target == "https://oz.example.nl/zaken/api/v1/zaken?" + query.decode()
+    assert target == b"/zaken/api/v1/zaken?" + query
 
 
 @pytest.mark.parametrize(
@@ -206,11 +207,8 @@ def test_no_safe_path_escapes_its_components_upstream_base(path: bytes) -> None:
     route = TABLE.match(path)
     if route is None:
         return
-    target = route.upstream_target(path, b"")
-    parts = urlsplit(target)
-    assert f"{parts.scheme}://{parts.netloc}" == route.upstream_origin
+    raw = route.upstream_target(path, b"")
     base = route.upstream_path
-    raw = parts.path.encode("ascii")
     assert raw == base or raw.startswith(base + b"/") or (base == b"" and raw.startswith(b"/"))
     normalized = _normalized(raw)
     assert normalized == (base or b"/") or normalized.startswith(base + b"/"), (path, normalized)
