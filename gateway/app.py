@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -40,7 +41,6 @@ from .tokens import TokenCache
 from .upstream import Pool
 
 log = logging.getLogger("zgw_gateway")
-access_log = logging.getLogger("zgw_gateway.access")
 
 # Headers the gateway never forwards as the caller sent them: credentials meant for the gateway,
 # identity the gateway decides itself, and hop-by-hop fields (proxy.HOP_BY_HOP).
@@ -139,6 +139,8 @@ class GatewayApp:
         self.metrics.last_reload.set(clock())
         self.draining = False
         self.started = False
+        self.active = 0  # requests being handled, for a shutdown that lets them finish
+        self._idle: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._config_stamp = self._stamp()
         self.admin = self._admin_app()
@@ -148,7 +150,13 @@ class GatewayApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self.handle(scope, receive, send)
+            self.active += 1
+            try:
+                await self.handle(scope, receive, send)
+            finally:
+                self.active -= 1
+                if not self.active and self._idle is not None:
+                    self._idle.set()
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         # websocket: ZGW has none; the server answers 403/close when the app does nothing.
@@ -276,15 +284,8 @@ class GatewayApp:
                 body = ctx.count_in(proxy.request_body(receive, comp.max_body_bytes, limits.body_read_timeout))
                 if rewrite_body:
                     body, length = proxy.rewrite_stream(body, rewrite), None  # type: ignore[arg-type]
-        except proxy.BodyTooLarge:
-            self.metrics.child(self.metrics.aborted, route.name, "body_too_large").inc()
-            return await ctx.reject(send, problems.BODY_TOO_LARGE, f"At most {comp.max_body_bytes} bytes.")
-        except proxy.BodyTimeout:
-            self.metrics.child(self.metrics.aborted, route.name, "body_timeout").inc()
-            return await ctx.reject(send, problems.BODY_TIMEOUT, "The body stalled.")
-        except proxy.ClientGone:
-            self.metrics.child(self.metrics.aborted, route.name, "client_gone").inc()
-            return ctx.finish(499)
+        except (proxy.BodyTooLarge, proxy.BodyTimeout, proxy.ClientGone) as exc:
+            return await self._body_failed(ctx, send, route, exc)
 
         # 7. Headers upstream: the token first, the caller's (cleaned), then the ones the gateway owns.
         up_headers = self._upstream_headers(gw, raw_headers, headers, minted.header_value)
@@ -357,15 +358,8 @@ class GatewayApp:
         in_flight.inc()
         try:
             await proxy.forward(fw, send, outcome)
-        except proxy.BodyTooLarge:
-            self.metrics.child(self.metrics.aborted, route.name, "body_too_large").inc()
-            return await ctx.reject(send, problems.BODY_TOO_LARGE, f"At most {comp.max_body_bytes} bytes.")
-        except proxy.BodyTimeout:
-            self.metrics.child(self.metrics.aborted, route.name, "body_timeout").inc()
-            return await ctx.reject(send, problems.BODY_TIMEOUT, "The body stalled.")
-        except proxy.ClientGone:
-            self.metrics.child(self.metrics.aborted, route.name, "client_gone").inc()
-            return ctx.finish(499)
+        except (proxy.BodyTooLarge, proxy.BodyTimeout, proxy.ClientGone) as exc:
+            return await self._body_failed(ctx, send, route, exc)
         except proxy.UpstreamAborted:
             self.metrics.child(self.metrics.aborted, route.name, "upstream_reset").inc()
             ctx.finish(outcome.status, error="upstream_reset")
@@ -390,6 +384,19 @@ class GatewayApp:
             self.metrics.child(self.metrics.crs_rejections, route.name, str(status)).inc()
         self.metrics.child(self.metrics.upstream_duration, route.name).observe(outcome.upstream_seconds)
         ctx.finish(status, source="upstream")
+
+    async def _body_failed(self, ctx: _Context, send: Send, route: Route, exc: Exception) -> None:
+        """The caller's body went wrong: too large, too slow, or cut off."""
+        if isinstance(exc, proxy.BodyTooLarge):
+            reason, problem, detail = "body_too_large", problems.BODY_TOO_LARGE, "The body exceeds the limit."
+        elif isinstance(exc, proxy.BodyTimeout):
+            reason, problem, detail = "body_timeout", problems.BODY_TIMEOUT, "The body stalled."
+        else:
+            # Granian reports a malformed chunked body as a disconnect, and would answer 500 for an app that
+            # then sends nothing. The caller may still be there: it gets 400 (RFC 9112 section 7.1).
+            reason, problem, detail = "client_gone", problems.BAD_REQUEST, "The body is malformed or ended early."
+        self.metrics.child(self.metrics.aborted, route.name, reason).inc()
+        await ctx.reject(send, problem, detail, close=True)
 
     def _upstream_headers(
         self, gw: Gateway, raw_headers: list[tuple[bytes, bytes]], headers: dict[bytes, bytes], authorization: bytes
@@ -419,6 +426,8 @@ class GatewayApp:
                 await self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # The server stops waiting for requests when told to stop; the pools must outlive them.
+                await self.wait_idle(self.gateway.config.shutdown.timeout_seconds)
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -429,6 +438,10 @@ class GatewayApp:
         self.started = True
         for problem in self.gateway.problems():
             log.error("not ready: %s", problem, extra={"event": "secret_unavailable"})
+        # What exists now (config, routes, libraries) lives as long as the process: the collector need not
+        # walk it again on every generation-2 pass (measured: ~3% of the hot path's time).
+        gc.collect()
+        gc.freeze()
         self._tasks.append(asyncio.create_task(self._watch()))
         self.metrics.ready.set(1 if self.ready() else 0)
         log.info(
@@ -449,7 +462,15 @@ class GatewayApp:
         self._tasks.clear()
         self.gateway.close()
         self.tracer.shutdown()
-        self.started = False
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Until no request is in flight, at most `timeout` seconds."""
+        if self.active:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout or None)
+        if self.active:
+            log.warning("shutdown timeout reached, requests cut", extra={"event": "shutdown", "in_flight": self.active})
 
     def ready(self) -> bool:
         return not self.draining and self.gateway.secrets.ready()
@@ -621,7 +642,7 @@ class _Context:
             yield chunk
 
     async def reject(
-        self, send: Send, problem: problems.Problem, detail: str, retry_after: float | None = None
+        self, send: Send, problem: problems.Problem, detail: str, retry_after: float | None = None, close: bool = False
     ) -> None:
         body = problem.body(detail, "urn:uuid:" + _uuid_form(self.request_id))
         headers = [
@@ -631,11 +652,11 @@ class _Context:
         ]
         if retry_after is not None:
             headers.append((b"retry-after", str(max(1, int(retry_after + 0.999))).encode()))
-        try:
+        if close:
+            headers.append((b"connection", b"close"))
+        with contextlib.suppress(Exception):  # a caller that is gone cannot be told anything
             await send({"type": "http.response.start", "status": problem.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-        except OSError:
-            pass  # the caller is gone; nothing left to tell it
         self.outcome.bytes_out = len(body)
         self.finish(problem.status, error=self.outcome.error or problem.code)
 
@@ -664,9 +685,8 @@ class _Context:
         if not self.gw.config.log.access:
             return
         path = self.raw_path.decode("ascii", "replace")
-        access_log.info(
-            "request",
-            extra={
+        logs.access(
+            {
                 "request_id": self.request_id,
                 "trace_id": self.trace_id,
                 "client": self.client,
@@ -685,7 +705,7 @@ class _Context:
                 "error": error or outcome.error or None,
                 "retried": outcome.retried or None,
                 **({"headers": self.log_headers} if self.log_headers is not None else {}),
-            },
+            }
         )
 
 

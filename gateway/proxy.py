@@ -199,8 +199,9 @@ def _head(fw: Forward) -> bytes:
 async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
     """Send the request upstream and stream the answer to the caller; fills `outcome`.
 
-    `timeouts.total` bounds everything until the answer's headers, a retry included; the body then
-    streams for as long as it keeps moving (`timeouts.read` between chunks), so large documents pass.
+    `timeouts.total` bounds the waiting for the upstream (pool, connect, the answer's headers), a retry
+    included; bodies stream for as long as they keep moving (`timeouts.read` between chunks upstream,
+    `limits.body_read_timeout` from the caller), so large documents pass.
     """
     timeouts = fw.route.component.timeouts
     deadline = time.monotonic() + timeouts.total
@@ -210,8 +211,7 @@ async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
         attempt += 1
         started = time.perf_counter()
         try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
-                resp = await fw.pool.request(fw.method, _head(fw), fw.body, fw.chunked)
+            resp = await fw.pool.request(fw.method, _head(fw), fw.body, fw.chunked, deadline)
         except (TimeoutError, UpstreamError) as exc:
             outcome.upstream_seconds += time.perf_counter() - started
             reason = exc.reason if isinstance(exc, UpstreamError) else "timeout"

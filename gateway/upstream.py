@@ -15,6 +15,7 @@ import asyncio
 import collections
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
+        self.keep_alive = False
         self.informational = False
         self.close_delimited = False
         self.complete = False
@@ -110,6 +112,8 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.headers_done = True
+        # Asked here: once the message is complete, llhttp has already reset what this depends on.
+        self.keep_alive = self.parser.should_keep_alive()
         names = {name.lower() for name, _ in self.headers}
         self.close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
 
@@ -216,7 +220,7 @@ class Response:
             return
         self._released = True
         conn = self._conn
-        reusable = self._reusable and conn.complete and not conn.chunks and conn.parser.should_keep_alive()
+        reusable = self._reusable and conn.complete and not conn.chunks and conn.keep_alive
         self._pool.release(conn, reusable)
 
 
@@ -235,19 +239,27 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def request(
-        self, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None, chunked: bool
+        self, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None, chunked: bool, deadline: float
     ) -> Response:
         """Send one request and wait for the answer's headers. `head` is the request line and header block
-        (CRLF CRLF-terminated); the body streams from `body`, framed as chunks when `chunked`."""
-        conn = await self._acquire()
+        (CRLF CRLF-terminated); the body streams from `body`, framed as chunks when `chunked`. Waiting for a
+        connection, connecting and waiting for the answer end by `deadline` (time.monotonic()); sending the
+        caller's body is bounded by the caller's own pace (the app's body timeout), not by the deadline."""
+        conn = await self._acquire(deadline)
         try:
-            return await self._exchange(conn, method, head, body, chunked)
+            return await self._exchange(conn, method, head, body, chunked, deadline)
         except BaseException:
             self.release(conn, False)
             raise
 
     async def _exchange(
-        self, conn: _Connection, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None, chunked: bool
+        self,
+        conn: _Connection,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterator[bytes] | None,
+        chunked: bool,
+        deadline: float,
     ) -> Response:
         transport = conn.transport
         if transport is None or conn.closed:
@@ -269,14 +281,17 @@ class Pool:
         while not conn.headers_done:
             if conn.error or conn.closed:
                 raise UpstreamError("reset", sent=True)
+            left = deadline - time.monotonic()
             try:
-                await conn.wait(self.timeouts.read)
+                if left <= 0:
+                    raise TimeoutError
+                await conn.wait(min(self.timeouts.read, left))
             except TimeoutError:
                 raise UpstreamError("timeout", sent=True) from None
         return Response(self, conn, self.timeouts.read, head_only=method == "HEAD")
 
-    async def _acquire(self) -> _Connection:
-        now = asyncio.get_running_loop().time()
+    async def _acquire(self, deadline: float) -> _Connection:
+        now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
@@ -287,27 +302,27 @@ class Pool:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                async with asyncio.timeout(self.timeouts.pool):
+                async with asyncio.timeout(min(self.timeouts.pool, deadline - now)):
                     await waiter
             except TimeoutError:
                 raise UpstreamError("pool", sent=False) from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-            return await self._acquire()
+            return await self._acquire(deadline)
         self.in_use += 1
         try:
-            conn = await self._connect()
+            conn = await self._connect(min(self.timeouts.connect, deadline - now))
         except BaseException:
             self.in_use -= 1
             self._wake_one()
             raise
         return conn
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeouts.connect):
+            async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(loop),
                     self.host,
@@ -332,7 +347,7 @@ class Pool:
         self.in_use -= 1
         if reusable and not conn.closed and not self.closed:
             conn.next_message()
-            conn.idle_since = conn.loop.time()
+            conn.idle_since = time.monotonic()
             self.idle.append(conn)
         else:
             conn.close()
