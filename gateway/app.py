@@ -171,13 +171,14 @@ class GatewayApp:
         headers = dict(raw_headers)
         peer = gw.callers.peer(scope.get("client"), headers.get(b"x-forwarded-for"))
         incoming_id = headers.get(b"x-request-id") if peer.trusted else None
-        request_id = incoming_id.decode() if incoming_id and _REQUEST_ID.match(incoming_id) else os.urandom(16).hex()
+        random = os.urandom(40).hex()  # one syscall for the request id, a trace id and a span id
+        request_id = incoming_id.decode() if incoming_id and _REQUEST_ID.match(incoming_id) else random[:32]
         ctx = _Context(self, gw, method, raw_path, request_id, peer.ip, start)
         incoming_trace = headers.get(b"traceparent")
         trace = _TRACEPARENT.match(incoming_trace) if incoming_trace else None
         if trace is None:  # W3C Trace Context: start a trace when the caller sent none (or a malformed one)
-            ctx.trace_id = os.urandom(16).hex()
-            traceparent = f"00-{ctx.trace_id}-{os.urandom(8).hex()}-01"
+            ctx.trace_id = random[32:64]
+            traceparent = f"00-{ctx.trace_id}-{random[64:]}-01"
         else:
             ctx.trace_id = trace.group(1).decode()
             traceparent = trace.group(0).decode()

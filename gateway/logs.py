@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import time
 from typing import Any
+
+import orjson
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 ACCESS_LOGGER = "zgw_gateway.access"
 FLUSH_SECONDS = 0.1
 
 
+def _dumps(fields: dict[str, Any]) -> str:
+    # orjson: a tenth of json.dumps' time, and this runs once per request (bench/README.md).
+    return orjson.dumps(fields, default=str).decode()
+
+
+_second: list[Any] = [0, ""]  # the last whole second formatted, for the once-per-request access line
+
+
 def _utc(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+    whole = int(created)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int(created * 1000) % 1000:03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -40,7 +52,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The type only: exception text may carry values (URLs, header fragments) from a request.
             out["exception"] = record.exc_info[0].__name__
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _dumps(out)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -72,7 +84,7 @@ class _AccessWriter:
         now = time.time()
         if self.json:
             head = {"time": _utc(now), "level": "info", "logger": ACCESS_LOGGER, "msg": "request"}
-            line = json.dumps(head | fields, ensure_ascii=False, default=str)
+            line = _dumps(head | fields)
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(now))
             line = f"{stamp} INFO    {ACCESS_LOGGER}: request " + " ".join(f"{k}={v}" for k, v in fields.items())

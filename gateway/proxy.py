@@ -143,19 +143,20 @@ async def rewrite_stream(source: AsyncIterator[bytes], rewriter: UrlRewriter) ->
 def response_headers(
     raw: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]], rewriter: UrlRewriter | None
 ) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones, plus the gateway's own."""
-    connection_named: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            connection_named.update(v.strip().lower() for v in value.split(b","))
+    """Upstream response headers minus hop-by-hop ones (and those `Connection` names), plus the gateway's."""
     out = []
+    named: set[bytes] | None = None
     for name, value in raw:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in connection_named:
+        if lname in HOP_BY_HOP:
+            if lname == b"connection":
+                named = {v.strip().lower() for v in value.split(b",")}
             continue
         if rewriter is not None and lname in (b"location", b"content-location"):
             value = rewriter.header_to_public(value.decode("latin-1")).encode("latin-1")
         out.append((lname, value))
+    if named:
+        out = [(k, v) for k, v in out if k not in named]
     out.extend(extra)
     return out
 

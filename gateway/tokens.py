@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cachetools import TLRUCache
 
 from .config import Token as TokenConfig
 
@@ -72,16 +71,17 @@ class TokenCache:
         self._clock = clock
         self._on_mint = on_mint
         self._ttl = settings.lifetime - settings.refresh_margin
-        self._cache: TLRUCache[Key, Minted] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _k, v, _now: v.refresh_at, timer=clock
-        )
+        self._maxsize = maxsize
+        # A plain dict: the hot path is one lookup and one comparison (issue: "the token looked up with
+        # one dict access"). Size is bounded in _store.
+        self._cache: dict[Key, Minted] = {}
 
     def get(self, key: Key, secret: str) -> tuple[Minted, bool]:
         """The cached token for key, minting one when missing or due; returns (token, was_cached)."""
         found = self._cache.get(key)
-        if found is not None:
-            return found, True
         now = self._clock()
+        if found is not None and found.refresh_at > now:
+            return found, True
         s = self._settings
         token = mint(
             key[0],
@@ -94,10 +94,20 @@ class TokenCache:
             include_exp=s.include_exp,
         )
         minted = Minted(token, b"Bearer " + token.encode(), now + self._ttl)
-        self._cache[key] = minted
+        self._store(key, minted, now)
         if self._on_mint is not None:
             self._on_mint(key[0])
         return minted, False
+
+    def _store(self, key: Key, minted: Minted, now: float) -> None:
+        cache = self._cache
+        cache.pop(key, None)
+        if len(cache) >= self._maxsize:
+            for stale in [k for k, v in cache.items() if v.refresh_at <= now]:
+                del cache[stale]
+            while len(cache) >= self._maxsize:
+                del cache[next(iter(cache))]  # the oldest mint: dicts keep insertion order
+        cache[key] = minted
 
     def evict(self, key: Key) -> None:
         self._cache.pop(key, None)

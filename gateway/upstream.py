@@ -64,7 +64,6 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.keep_alive = False
         self.informational = False
-        self.close_delimited = False
         self.complete = False
         self.error = False
         self.received_any = False
@@ -87,12 +86,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.headers_done and not self.complete and not self.error and self.close_delimited:
+        if self.headers_done and not self.complete and not self.error and self._close_delimited():
             self.complete = True  # a body without length or chunks ends with the connection (RFC 9112 6.3)
         if not self.complete:
             self.error = True
         self.can_write.set()
         self._wake()
+
+    def _close_delimited(self) -> bool:
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     def pause_writing(self) -> None:
         self.can_write.clear()
@@ -114,8 +117,6 @@ class _Connection(asyncio.Protocol):
         self.headers_done = True
         # Asked here: once the message is complete, llhttp has already reset what this depends on.
         self.keep_alive = self.parser.should_keep_alive()
-        names = {name.lower() for name, _ in self.headers}
-        self.close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
