@@ -4,7 +4,8 @@ Three minimal Starlette streaming proxies, identical but for the client that tal
 
 - ``httpx``: httpx.AsyncClient on its default transport (httpcore);
 - ``httpx-aiohttp``: the same httpx API on the ``httpx_aiohttp.AiohttpTransport``;
-- ``aiohttp``: aiohttp.ClientSession used directly.
+- ``aiohttp``: aiohttp.ClientSession used directly;
+- ``gateway``: the gateway's own client, ``gateway.upstream.Pool`` (keep-alive pool, llhttp parser).
 
 Each is served by granian (asgi, 1 worker) and by uvicorn (uvloop + httptools), pinned to CPU 1, in
 front of bench/upstream.py on CPU 0, and measured with ``wrk -t1 -c50`` (also on CPU 0):
@@ -34,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp")
+CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp", "gateway")
 SERVERS = ("granian", "uvicorn")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"}
@@ -102,6 +103,34 @@ def aiohttp_proxy(upstream: str) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST", "PUT"])], lifespan=lifespan)
 
 
+def pool_proxy(upstream: str) -> Starlette:
+    import time
+    from urllib.parse import urlsplit
+
+    from gateway.upstream import Pool, Response, Timeouts
+
+    parts = urlsplit(upstream)
+    pool = Pool(parts.hostname or "", parts.port or 80, None, POOL, Timeouts(5, 30, 5))
+
+    async def relay(resp: Response) -> AsyncIterator[bytes]:
+        while chunk := await resp.read_chunk():
+            yield chunk
+
+    async def proxy(request: Request) -> StreamingResponse:
+        target = parts.path + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        lines = [f"{request.method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [f"{k}: {v}" for k, v in forwardable(request.headers)]
+        body = body_of(request)
+        if body is not None:
+            lines.append("Transfer-Encoding: chunked")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        resp = await pool.request(request.method, head, body, body is not None, time.monotonic() + 30)
+        headers = {k.decode(): v.decode() for k, v in resp.headers if k.decode().lower() not in HOP_BY_HOP}
+        return StreamingResponse(relay(resp), resp.status, headers, background=BackgroundTask(resp.release))
+
+    return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST", "PUT"])])
+
+
 def create_app() -> Starlette:
     upstream, client = os.environ["BENCH_UPSTREAM"], os.environ["BENCH_CLIENT"]
     if client == "httpx":
@@ -111,6 +140,8 @@ def create_app() -> Starlette:
 
         limits = httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL)
         return httpx_proxy(upstream, AiohttpTransport(trust_env=False, limits=limits))
+    if client == "gateway":
+        return pool_proxy(upstream)
     return aiohttp_proxy(upstream)
 
 
