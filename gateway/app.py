@@ -86,7 +86,7 @@ class Gateway:
         self.in_flight: dict[str, int] = dict.fromkeys(config.components, 0)
         self.total_in_flight = 0
         ident = config.identity
-        self._dropped = _ALWAYS_DROPPED | {
+        self.dropped_headers = _ALWAYS_DROPPED | {
             ident.api_key_header.lower().encode(),
             ident.cert_subject_header.lower().encode(),
             ident.user_id_header.lower().encode(),
@@ -403,7 +403,7 @@ class GatewayApp:
         self, gw: Gateway, raw_headers: list[tuple[bytes, bytes]], headers: dict[bytes, bytes], authorization: bytes
     ) -> list[tuple[bytes, bytes]] | None:
         """The token, then the caller's headers that may go upstream; None when one is malformed."""
-        dropped = gw._dropped
+        dropped = gw.dropped_headers
         connection = headers.get(b"connection")
         if connection is not None:
             dropped = dropped | {v.strip().lower() for v in connection.split(b",")}

@@ -41,7 +41,6 @@ BUFFER_LIMIT = 64 * 1024
 # JSON bodies up to this size are rewritten whole, keeping an exact Content-Length; larger ones stream.
 REWRITE_BUFFER_LIMIT = 1024 * 1024
 FORBIDDEN_PEEK_LIMIT = 64 * 1024
-CHUNK = 64 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -66,7 +65,6 @@ class Outcome:
 
     status: int = 0
     upstream_status: int = 0
-    bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float = 0.0
     error: str = ""  # a reason from metrics.FAILURE_REASONS, or an abort reason

@@ -2,9 +2,10 @@
 
 Why not a general client library: on one core the time per request is the budget, and the measured CPU
 cost per request of aiohttp's client (~230 us for a 1 KB JSON exchange on loopback) was most of it; this
-client costs ~90 us for the same exchange (README "Choices, measured"; bench/transports.py compares them). A proxy needs a narrow slice of HTTP: send the caller's request as it is,
-stream the answer back, reuse connections. Responses are parsed by llhttp (via httptools, the parser
-uvicorn uses); this module moves bytes, keeps connections, and bounds time and buffering both ways.
+client costs ~90 us for the same exchange (README "Choices, measured"; bench/transports.py compares them).
+A proxy needs a narrow slice of HTTP: send the caller's request as it is, stream the answer back, reuse
+connections. Responses are parsed by llhttp (via httptools, the parser uvicorn uses); this module moves
+bytes, keeps connections, and bounds time and buffering both ways.
 
 Never followed: redirects. Never added: any header. Never changed: the request target and the body bytes.
 """
