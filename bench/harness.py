@@ -161,6 +161,31 @@ class Bench:
                 "max": max(steady) / MB,
             }
 
+    def rewrite(self) -> None:
+        """The same page through a second gateway with rewrite_urls on, rounds interleaved with the first."""
+        plain = self.paths["gateway"]
+        port, admin = free_port(), free_port()
+        conf = gateway_conf(self.workdir, port, admin, self.paths["direct"].port, rewrite=True)
+        proc = self.procs.start("gateway-rewrite", [*GATEWAY_CMD, "serve", "--config", str(conf)], GATEWAY_CPU,
+                                self.gateway_env)  # fmt: skip
+        try:
+            wait_http(admin, "/-/ready", proc, timeout=60)
+            rewriting = Target("gateway-rewrite", port, plain.headers)
+            status, body = http_get(port, PAGE, plain.headers)
+            if status != 200 or f"127.0.0.1:{port}/zaken/api/v1/".encode() not in body:
+                raise RuntimeError(f"gateway-rewrite: the page was not rewritten ({status}): {body[:200]!r}")
+            wrk(rewriting, PAGE, max(1, self.args.duration // 3))
+            runs: dict[str, list[float]] = {"plain": [], "rewriting": []}
+            for r in range(self.args.rounds):
+                for name, target in (("plain", plain), ("rewriting", rewriting)):
+                    rps = wrk(target, PAGE, self.args.duration)["rps"]
+                    runs[name].append(rps)
+                    print(f"  round {r + 1}/{self.args.rounds} {name:10} {rps:10.0f} req/s")
+        finally:
+            self.procs.stop(proc)
+        medians = {name: statistics.median(v) for name, v in runs.items()}
+        self.result["rewrite"] = {"rps_median": medians, "rps_runs": runs}
+
     def latency(self) -> None:
         out = {}
         for name, p in self.paths.items():
@@ -302,6 +327,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "stream_rss_growth_mb": max(growth) if growth else None,
         "steady_rss_mb": result.get("steady_rss_mb", {}).get("max"),
         "tokens_minted": result.get("burst", {}).get("tokens_minted"),
+        "rewriting_vs_plain": ratio(
+            result.get("rewrite", {}).get("rps_median", {}).get("rewriting"),
+            result.get("rewrite", {}).get("rps_median", {}).get("plain"),
+        ),
     }
     gw_added = added.get("gateway", {})
     checks = {
@@ -311,6 +340,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "stream RSS growth <= 50 MB": (summary["stream_rss_growth_mb"], operator.le, 50),
         "steady RSS <= 120 MB": (summary["steady_rss_mb"], operator.le, 120),
         "cold burst mints 1 token": (summary["tokens_minted"], operator.eq, 1),
+        "URL rewriting >= 0.8 x without": (summary["rewriting_vs_plain"], operator.ge, 0.8),
     }
     summary["targets"] = {k: None if v is None else bool(op(v, limit)) for k, (v, op, limit) in checks.items()}
     return summary
@@ -338,6 +368,7 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
     print(f"stream RSS growth MB       {fmt(summary['stream_rss_growth_mb'], '.1f')}")
     print(f"steady RSS under load MB   {fmt(summary['steady_rss_mb'], '.1f')}")
     print(f"tokens minted (cold burst) {fmt(summary['tokens_minted'], '.0f')}")
+    print(f"URL rewriting on / off     {fmt(summary['rewriting_vs_plain'])}")
     for target, ok in summary["targets"].items():
         print(f"  {'PASS' if ok else 'FAIL' if ok is False else 'n/a '}  {target}")
 
@@ -345,7 +376,7 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 64 MiB streams")
-    parser.add_argument("--only", choices=["throughput", "latency", "stream", "burst"], action="append")
+    parser.add_argument("--only", choices=["throughput", "rewrite", "latency", "stream", "burst"], action="append")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rate", type=float, default=500, help="requests/s of the latency run")
@@ -357,7 +388,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.latency_duration, args.stream_mib = 1, 3, 3, 64
-    args.phases = args.only or ["throughput", "latency", "stream", "burst"]
+    args.phases = args.only or ["throughput", "rewrite", "latency", "stream", "burst"]
     return args
 
 
@@ -381,7 +412,7 @@ def main(argv: list[str]) -> int:
                 bench.start_gateway()
             bench.check_paths()
             for phase in args.phases:
-                if phase == "burst" and not gateway:
+                if phase in ("burst", "rewrite") and not gateway:
                     continue
                 print(f"{phase}:")
                 getattr(bench, phase)()

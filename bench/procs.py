@@ -274,8 +274,9 @@ http {{
     return path
 
 
-def gateway_conf(workdir: Path, port: int, admin_port: int, upstream_port: int) -> Path:
+def gateway_conf(workdir: Path, port: int, admin_port: int, upstream_port: int, rewrite: bool = False) -> Path:
     up = f"http://127.0.0.1:{upstream_port}"
+    extra = ", rewrite_urls: true" if rewrite else ""
     text = f"""
 listen: {{host: 127.0.0.1, port: {port}}}
 admin: {{host: 127.0.0.1, port: {admin_port}}}
@@ -283,8 +284,8 @@ public_url: http://127.0.0.1:{port}
 token: {{lifetime: 300, clock_skew: 30}}
 shutdown: {{drain_seconds: 0}}
 components:
-  zaken: {{prefix: /zaken/api/v1, upstream: {up}/zaken/api/v1, crs: EPSG:4326}}
-  documenten: {{prefix: /documenten/api/v1, upstream: {up}/documenten/api/v1}}
+  zaken: {{prefix: /zaken/api/v1, upstream: {up}/zaken/api/v1, crs: EPSG:4326{extra}}}
+  documenten: {{prefix: /documenten/api/v1, upstream: {up}/documenten/api/v1{extra}}}
 callers:
   - name: bench
     api_keys: [{{env: BENCH_API_KEY}}]
@@ -292,6 +293,6 @@ callers:
     secret: {{env: BENCH_SECRET}}
     components: [zaken, documenten]
 """
-    path = workdir / "gateway.yaml"
+    path = workdir / ("gateway-rewrite.yaml" if rewrite else "gateway.yaml")
     path.write_text(text)
     return path

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import API_KEY, SANDBOX_CLIENTS, base_config
-from servers import GatewayProcess, sandbox_process
+from servers import GatewayProcess, ThreadServer, sandbox_process
 
 from gateway.sandbox import INFORMATIEOBJECTTYPE_UUID, ZAAKTYPE_UUID
 
@@ -130,3 +130,89 @@ def test_host_public_mode_lets_the_upstream_build_public_urls(
     body = httpx.get(f"{gw.url}/catalogi/api/v1/catalogussen", headers=KEY).json()
     links = list(urls_in(body))
     assert links and all(url.startswith(gw.url) for url in links), json.dumps(body)
+
+
+def test_a_50_mb_json_document_is_rewritten_both_ways_in_bounded_memory(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """A 50 MB base64 `inhoud` with links, up and down through a rewriting gateway: links rewritten, RSS flat."""
+    inhoud = base64.b64encode(bytes(range(256)) * (150 * 1024)).decode()[: 50 * 1024 * 1024]
+    seen: dict[str, Any] = {}
+
+    def document(base: str) -> bytes:
+        return json.dumps(
+            {"url": f"{base}/documenten/api/v1/enkelvoudiginformatieobjecten/1", "inhoud": inhoud,
+             "links": [f"{base}/zaken/api/v1/zaken/{n}" for n in range(100)]}
+        ).encode()  # fmt: skip
+
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        base = f"http://{dict(scope['headers'])[b'host'].decode()}"
+        if scope["method"] == "POST":
+            size, tail, hits = 0, b"", 0
+            while True:
+                message = await receive()
+                chunk = tail + message.get("body", b"")
+                hits += chunk.count(base.encode())
+                tail = chunk[-200:]
+                hits -= tail.count(base.encode())
+                size += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    hits += tail.count(base.encode())
+                    break
+            seen.update(size=size, hits=hits)
+            await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        body = document(base)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(0, len(body), 1024 * 1024):
+            await send({"type": "http.response.body", "body": body[i : i + 1024 * 1024], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    with ThreadServer(upstream) as up:
+        config = base_config(up.url)
+        for component in config["components"].values():
+            component["rewrite_urls"] = True
+        gw = gateway_factory(config)
+        assert gw.proc is not None
+        before = _rss(gw.proc.pid)
+        peak = [before]
+        url = f"{gw.url}/documenten/api/v1/enkelvoudiginformatieobjecten/1"
+        received = bytearray()
+        with httpx.stream("GET", url, headers=KEY, timeout=60) as response:
+            assert response.status_code == 200
+            for part in response.iter_bytes(1024 * 1024):
+                received += part
+                peak[0] = max(peak[0], _rss(gw.proc.pid))
+        answer = json.loads(received)
+        assert answer["inhoud"] == inhoud
+        assert answer["url"].startswith(gw.url) and all(link.startswith(gw.url) for link in answer["links"])
+
+        def upload() -> Any:
+            body = document(gw.url)
+            for i in range(0, len(body), 1024 * 1024):
+                peak[0] = max(peak[0], _rss(gw.proc.pid))  # type: ignore[union-attr]
+                yield body[i : i + 1024 * 1024]
+
+        posted = httpx.post(
+            f"{gw.url}/documenten/api/v1/enkelvoudiginformatieobjecten",
+            content=upload(),
+            headers={**KEY, "Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert posted.status_code == 201
+        assert seen["hits"] == 101  # every public link reached the upstream in the upstream's form
+    growth_mb = (peak[0] - before) / 1e6
+    print(f"gateway RSS growth while rewriting 50 MB down and up: {growth_mb:.1f} MB")
+    assert growth_mb < 50, f"gateway RSS grew {growth_mb:.1f} MB rewriting a 50 MB document"
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
