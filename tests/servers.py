@@ -182,6 +182,15 @@ class GatewayProcess:
         return httpx.get(self.admin_url + "/metrics", timeout=5).text
 
 
+def rss(pid: int) -> int:
+    """Resident memory of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def metric_value(exposition: str, name: str, **labels: str) -> float:
     """The sum of samples of `name` whose labels include `labels`."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 from conftest import API_KEY, CLIENT_ID, OTHER_CLIENT_ID, READONLY_KEY, SECRET, base_config
-from servers import GatewayProcess, ThreadServer, metric_value
+from servers import GatewayProcess, ThreadServer, metric_value, rss
 
 from gateway.sandbox import ZAAKTYPE_UUID
 
@@ -331,12 +331,12 @@ def test_large_bodies_stream_both_ways_without_memory_growth(
     with ThreadServer(upstream) as up:
         gw = gateway_factory(base_config(up.url))
         assert gw.proc is not None
-        rss_before = _rss(gw.proc.pid)
+        rss_before = rss(gw.proc.pid)
         peak = [rss_before]
 
         def body() -> Any:
             for _ in range(size_mib):
-                peak[0] = max(peak[0], _rss(gw.proc.pid))  # type: ignore[union-attr]
+                peak[0] = max(peak[0], rss(gw.proc.pid))  # type: ignore[union-attr]
                 yield chunk
 
         url = gw.url + "/documenten/api/v1/bestandsdelen/7c3f0e4a-1b2c-4d5e-8f90-123456789abc"
@@ -349,15 +349,7 @@ def test_large_bodies_stream_both_ways_without_memory_growth(
             assert down.status_code == 200
             for part in down.iter_bytes(1024 * 1024):
                 total += len(part)
-                peak[0] = max(peak[0], _rss(gw.proc.pid))
+                peak[0] = max(peak[0], rss(gw.proc.pid))
         assert total == size_mib * len(chunk)
         growth_mb = (peak[0] - rss_before) / 1e6
         assert growth_mb < 50, f"gateway RSS grew {growth_mb:.1f} MB while streaming {size_mib} MiB"
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import API_KEY, SANDBOX_CLIENTS, base_config
-from servers import GatewayProcess, ThreadServer, sandbox_process
+from servers import GatewayProcess, ThreadServer, rss, sandbox_process
 
 from gateway.sandbox import INFORMATIEOBJECTTYPE_UUID, ZAAKTYPE_UUID
 
@@ -178,7 +178,7 @@ def test_a_50_mb_json_document_is_rewritten_both_ways_in_bounded_memory(
             component["rewrite_urls"] = True
         gw = gateway_factory(config)
         assert gw.proc is not None
-        before = _rss(gw.proc.pid)
+        before = rss(gw.proc.pid)
         peak = [before]
         url = f"{gw.url}/documenten/api/v1/enkelvoudiginformatieobjecten/1"
         received = bytearray()
@@ -186,7 +186,7 @@ def test_a_50_mb_json_document_is_rewritten_both_ways_in_bounded_memory(
             assert response.status_code == 200
             for part in response.iter_bytes(1024 * 1024):
                 received += part
-                peak[0] = max(peak[0], _rss(gw.proc.pid))
+                peak[0] = max(peak[0], rss(gw.proc.pid))
         answer = json.loads(received)
         assert answer["inhoud"] == inhoud
         assert answer["url"].startswith(gw.url) and all(link.startswith(gw.url) for link in answer["links"])
@@ -194,7 +194,7 @@ def test_a_50_mb_json_document_is_rewritten_both_ways_in_bounded_memory(
         def upload() -> Any:
             body = document(gw.url)
             for i in range(0, len(body), 1024 * 1024):
-                peak[0] = max(peak[0], _rss(gw.proc.pid))  # type: ignore[union-attr]
+                peak[0] = max(peak[0], rss(gw.proc.pid))  # type: ignore[union-attr]
                 yield body[i : i + 1024 * 1024]
 
         posted = httpx.post(
@@ -208,11 +208,3 @@ def test_a_50_mb_json_document_is_rewritten_both_ways_in_bounded_memory(
     growth_mb = (peak[0] - before) / 1e6
     print(f"gateway RSS growth while rewriting 50 MB down and up: {growth_mb:.1f} MB")
     assert growth_mb < 50, f"gateway RSS grew {growth_mb:.1f} MB rewriting a 50 MB document"
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
