@@ -1,7 +1,7 @@
 """The Dockerfile's promises, read from the file: pinned base, non-root UID, exec-form entrypoint, health check.
 
 The real build and run are scripts/check-image (podman, a few minutes); hadolint runs here when installed
-(scripts/check-image installs it into .cache/tools/lint).
+(scripts/install-tools installs it into .cache/tools/lint).
 """
 
 from __future__ import annotations
