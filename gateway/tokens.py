@@ -72,8 +72,8 @@ class TokenCache:
         self._on_mint = on_mint
         self._ttl = settings.lifetime - settings.refresh_margin
         self._maxsize = maxsize
-        # A plain dict: the hot path is one lookup and one comparison (issue: "the token looked up with
-        # one dict access"). Size is bounded in _store.
+        # A plain dict: every proxied request pays for this lookup, so it is one dict access and one
+        # comparison (a TTL cache's bookkeeping cost more, bench/README.md). Size is bounded in _store.
         self._cache: dict[Key, Minted] = {}
 
     def get(self, key: Key, secret: str) -> tuple[Minted, bool]:
