@@ -106,7 +106,8 @@ async def request_body(
     while True:
         if message is None:
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: that wraps every chunk in a new task
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeout from None
         if message["type"] == "http.disconnect":
