@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass
 
 CONTENT_TYPE = b"application/problem+json"
-TYPE_BASE = "https://zgw-gateway.readthedocs.io/problems/"
+# A URN rather than a web address: RFC 9457 section 3.1.1 lets `type` be any URI, and the codes are listed
+# in the README ("Errors"), not on a page a caller could be sent to.
+TYPE_BASE = "urn:zgw-gateway:problem:"
 
 
 @dataclass(frozen=True, slots=True)
