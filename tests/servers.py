@@ -22,6 +22,8 @@ import uvicorn
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# The official OpenAPI documents: shared/ lies beside the repository's folder (locally and in CI).
+SPECS = ROOT.parent / "shared" / "zgw-specs"
 
 
 def free_port() -> int:

@@ -19,10 +19,9 @@ import httpx
 import pytest
 import yaml
 from conftest import API_KEY, base_config
-from servers import ROOT, GatewayProcess, free_port, wait_until
+from servers import ROOT, SPECS, GatewayProcess, free_port, wait_until
 
 PRISM = ROOT / ".cache" / "tools" / "prism" / "node_modules" / ".bin" / "prism"
-SPECS = ROOT.parent / "shared" / "zgw-specs"
 KEY = {"X-API-Key": API_KEY}
 # The newest releases in shared/zgw-specs. Catalogi is not here: Prism 5.14 fails on the Catalogi documents'
 # references into `#/paths` ("Invalid reference token: paths") and answers 500 to every request.

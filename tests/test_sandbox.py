@@ -12,7 +12,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ import yaml
 from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
+from servers import SPECS
 
 from gateway.sandbox import (
     CATALOGUS_UUID,
@@ -31,7 +31,6 @@ from gateway.sandbox import (
     create_sandbox_app,
 )
 
-SPECS = Path("/work/shared/zgw-specs")
 NOW = 1_700_000_000
 CLIENT, SECRET = "test-client", "sandbox-test-secret-0123456789abcdef"
 OTHER, OTHER_SECRET = "other-client", "other-test-secret-abcdef0123456789"
