@@ -23,7 +23,6 @@ from .config import Config, SecretRef
 from .secrets import SecretStore
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(slots=True)

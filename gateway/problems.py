@@ -47,7 +47,6 @@ BODY_TOO_LARGE = Problem(413, "body-too-large", "The request body is larger than
 BAD_USER = Problem(400, "bad-user", "The end-user headers are not valid.")
 RATE_LIMITED = Problem(429, "rate-limited", "This caller sent too many requests.")
 HEADERS_TOO_LARGE = Problem(431, "headers-too-large", "The request headers are larger than allowed.")
-INTERNAL = Problem(500, "internal-error", "The gateway failed to handle the request.")
 UPSTREAM_UNREACHABLE = Problem(502, "upstream-unreachable", "The upstream could not be reached.")
 UPSTREAM_DNS = Problem(502, "upstream-dns", "The upstream host name does not resolve.")
 UPSTREAM_TLS = Problem(502, "upstream-tls", "The upstream's TLS certificate was not accepted.")

@@ -1,8 +1,8 @@
 """How bytes reach an upstream: a small HTTP/1.1 client with a keep-alive pool per component.
 
-Why not a general client library: on one core the time per request is the budget, and the measured CPU
-cost per request of aiohttp's client (~230 us for a 1 KB JSON exchange on loopback) was most of it; this
-client costs ~90 us for the same exchange (README "Choices, measured"; bench/transports.py compares them).
+Why not a general client library: on one core the time per request is the budget, and aiohttp's client
+cost 165 us of CPU per sequential 1 KB JSON exchange on loopback against 60 us for this one
+(bench/micro.py; bench/transports.py compares them inside a proxy).
 A proxy needs a narrow slice of HTTP: send the caller's request as it is, stream the answer back, reuse
 connections. Responses are parsed by llhttp (via httptools, the parser uvicorn uses); this module moves
 bytes, keeps connections, and bounds time and buffering both ways.
