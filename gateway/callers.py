@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from .config import Caller as CallerConfig
-from .config import Config, SecretRef
+from .config import CallerConfig, Config, Credentials
 from .secrets import SecretStore
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,12 +47,6 @@ class RateLimiter:
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.rate
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    client_id: str
-    secret: SecretRef
 
 
 @dataclass(slots=True)
@@ -94,9 +87,8 @@ class CallerDirectory:
         self._trusted_ip: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._keys: dict[bytes, tuple[bytes, Caller]] = {}
         for c in config.callers:
-            creds = {name: Credentials(c.client_id, c.secret) for name in c.components}
-            for name, override in c.credentials.items():
-                creds[name] = Credentials(override.client_id, override.secret)
+            default = Credentials(client_id=c.client_id, secret=c.secret)
+            creds = {name: c.credentials.get(name, default) for name in c.components}
             caller = Caller(
                 name=c.name,
                 components=frozenset(c.components),

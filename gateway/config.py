@@ -109,7 +109,7 @@ class Admin(Model):
     port: int = Field(default=9100, ge=1, le=65535)
 
 
-class Token(Model):
+class TokenConfig(Model):
     # Open Zaak rejects a token once now - iat >= JWT_EXPIRY (3600 s by default); stay well below it.
     lifetime: int = Field(default=300, ge=30, le=3000)
     clock_skew: int = Field(default=30, ge=0, le=300)
@@ -134,7 +134,7 @@ class Token(Model):
         return v
 
 
-class Timeouts(Model):
+class TimeoutsConfig(Model):
     connect: float = Field(default=5.0, gt=0, le=300)
     read: float = Field(default=60.0, gt=0, le=3600)
     pool: float = Field(default=5.0, gt=0, le=60)
@@ -158,7 +158,7 @@ class Component(Model):
     prefix: str
     upstream: str
     crs: Literal["EPSG:4326"] | None = None
-    timeouts: Timeouts = Timeouts()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
     tls: UpstreamTLS = UpstreamTLS()
     max_body_bytes: int = Field(default=4 * 1024**3 + 64 * 1024**2, ge=0)
     max_connections: int = Field(default=100, ge=1, le=10000)
@@ -200,7 +200,7 @@ class RateLimit(Model):
     burst: int = Field(ge=1)
 
 
-class Caller(Model):
+class CallerConfig(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     api_keys: list[ApiKeyRef] = []
     networks: list[Network] = []
@@ -224,7 +224,7 @@ class Caller(Model):
         return v
 
     @model_validator(mode="after")
-    def _identifiable(self) -> Caller:
+    def _identifiable(self) -> CallerConfig:
         if not (self.api_keys or self.networks or self.cert_subjects):
             raise ValueError("needs at least one of api_keys, networks or cert_subjects")
         for name in self.credentials:
@@ -261,7 +261,7 @@ class Retry(Model):
     enabled: bool = True
 
 
-class CircuitBreaker(Model):
+class CircuitBreakerConfig(Model):
     enabled: bool = True
     failure_threshold: int = Field(default=5, ge=1, le=1000)
     open_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -302,17 +302,17 @@ class Config(Model):
     admin: Admin = Admin()
     public_url: str = "http://127.0.0.1:8000"
     trusted_proxies: list[Network] = []
-    token: Token = Token()
+    token: TokenConfig = TokenConfig()
     identity: Identity = Identity()
     limits: Limits = Limits()
     retry: Retry = Retry()
-    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     log: Log = Log()
     shutdown: Shutdown = Shutdown()
     secrets: Secrets = Secrets()
     tracing: Tracing = Tracing()
     components: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Component] = Field(min_length=1)
-    callers: list[Caller] = []
+    callers: list[CallerConfig] = []
 
     @field_validator("public_url")
     @classmethod

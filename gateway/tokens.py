@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 
-from .config import Token as TokenConfig
+from .config import TokenConfig
 
 # Cache key: (client_id, secret version, user_id, user_representation). The secret itself is never a key.
 Key = tuple[str, int, str, str]

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.config import Token as TokenConfig
+from gateway.config import TokenConfig
 from gateway.tokens import EXPIRED_CODES, Key, TokenCache, mint
 
 SECRET = "zgw-token-test-secret-0c9e8d7f6a5b4c3d2e1f"
