@@ -47,9 +47,9 @@ class CircuitBreaker:
         self._probe_at = now
         return True
 
-    def retry_after(self) -> int:
-        left = self.open_seconds - (self._clock() - self.opened_at)
-        return max(1, int(left + 0.999))
+    def retry_after(self) -> float:
+        """Seconds until the circuit lets a probe through."""
+        return self.open_seconds - (self._clock() - self.opened_at)
 
     def record(self, ok: bool) -> None:
         """The result of a request that was allowed."""
@@ -67,6 +67,10 @@ class CircuitBreaker:
         self.failures += 1
         if self.state == CLOSED and self.failures >= self.threshold:
             self._open()
+
+    def abandon(self) -> None:
+        """An allowed request ended without saying anything about the upstream: free the probe slot."""
+        self._probing = False
 
     def _open(self) -> None:
         self.opened_at = self._clock()

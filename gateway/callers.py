@@ -75,7 +75,9 @@ class Peer:
 class CallerDirectory:
     """Finds the caller of a request."""
 
-    def __init__(self, config: Config, secrets: SecretStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, config: Config, secrets: SecretStore, limiter_for: Callable[[CallerConfig], RateLimiter | None]
+    ) -> None:
         self._secrets = secrets
         self._trusted = list(config.trusted_proxies)
         self._api_key_header = config.identity.api_key_header.lower().encode()
@@ -97,7 +99,7 @@ class CallerDirectory:
                 user_id=c.user.id,
                 user_representation=c.user.representation,
                 user_from_headers=c.user.from_headers,
-                limiter=RateLimiter(c.rate_limit.rate, c.rate_limit.burst, clock) if c.rate_limit else None,
+                limiter=limiter_for(c),
                 config=c,
             )
             self.callers[c.name] = caller

@@ -25,7 +25,6 @@ from pydantic import (
     model_validator,
 )
 
-ZGW_CRS = "EPSG:4326"
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
@@ -137,6 +136,7 @@ class TokenConfig(Model):
 class TimeoutsConfig(Model):
     connect: float = Field(default=5.0, gt=0, le=300)
     read: float = Field(default=60.0, gt=0, le=3600)
+    write: float = Field(default=60.0, gt=0, le=3600)
     pool: float = Field(default=5.0, gt=0, le=60)
     total: float = Field(default=300.0, gt=0, le=86400)
 
@@ -163,6 +163,8 @@ class Component(Model):
     max_body_bytes: int = Field(default=4 * 1024**3 + 64 * 1024**2, ge=0)
     max_connections: int = Field(default=100, ge=1, le=10000)
     max_in_flight: int = Field(default=1000, ge=1, le=100000)
+    max_response_head_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    max_response_headers: int = Field(default=100, ge=8, le=10000)
     rewrite_urls: bool = False
     host: Literal["upstream", "public"] = "upstream"
 

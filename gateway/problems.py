@@ -8,6 +8,7 @@ never exception text, never a header value, never a secret.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 CONTENT_TYPE = b"application/problem+json"
@@ -36,6 +37,19 @@ class Problem:
         ).encode()
 
 
+class Refused(Exception):
+    """The gateway answers the request itself with `problem`; raised by a step of the request path and
+    answered by app.handle. `retry_after` (seconds) becomes a Retry-After of whole seconds, at least 1;
+    `close` asks the server to close the caller's connection after the answer."""
+
+    def __init__(self, problem: Problem, detail: str, retry_after: float | None = None, close: bool = False) -> None:
+        super().__init__(problem.code)
+        self.problem = problem
+        self.detail = detail
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
+        self.close = close
+
+
 BAD_REQUEST = Problem(400, "bad-request", "The request is malformed.")
 BAD_PATH = Problem(400, "bad-path", "The request path is not allowed.")
 UNKNOWN_CALLER = Problem(401, "unknown-caller", "The gateway does not know this caller.")
@@ -51,6 +65,7 @@ UPSTREAM_UNREACHABLE = Problem(502, "upstream-unreachable", "The upstream could 
 UPSTREAM_DNS = Problem(502, "upstream-dns", "The upstream host name does not resolve.")
 UPSTREAM_TLS = Problem(502, "upstream-tls", "The upstream's TLS certificate was not accepted.")
 UPSTREAM_RESET = Problem(502, "upstream-reset", "The upstream closed the connection.")
+UPSTREAM_BAD_RESPONSE = Problem(502, "upstream-bad-response", "The upstream's answer broke the HTTP/1.1 rules.")
 CREDENTIALS_UNAVAILABLE = Problem(503, "credentials-unavailable", "The caller's ZGW secret is not available.")
 OVERLOADED = Problem(503, "overloaded", "The gateway is at its concurrency limit.")
 CIRCUIT_OPEN = Problem(503, "circuit-open", "The upstream is failing; the gateway is holding requests back.")

@@ -8,11 +8,11 @@ backslash) are refused before matching: a caller can never climb out of its comp
 from __future__ import annotations
 
 import re
-import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .config import Component, Config
+from .upstream import Pool
 
 # RFC 3986 pchar minus ';' (path parameters are read differently by different servers) and minus the
 # encodings of '/', '\', '.', NUL and control bytes, which would change the path's meaning once decoded.
@@ -43,8 +43,8 @@ class Route:
     upstream_hostname: str  # where to connect
     upstream_port: int
     public_host: str
-    ssl: ssl.SSLContext | None = None
     resources: frozenset[str] = field(default_factory=frozenset)
+    pool: Pool = field(init=False)  # set by runtime.Runtime, which keeps pools across reloads
     # Precomputed for the hot path: the Host header sent upstream, X-Forwarded-Host, the CRS value.
     host_header: bytes = b""
     public_host_header: bytes = b""
@@ -81,7 +81,7 @@ class Route:
 class RouteTable:
     """Longest-prefix match from the caller's path to a Route, compiled once per config."""
 
-    def __init__(self, config: Config, ssl_contexts: dict[str, ssl.SSLContext | None]) -> None:
+    def __init__(self, config: Config) -> None:
         public_host = urlsplit(config.public_url).netloc
         routes = []
         for name, comp in config.components.items():
@@ -96,15 +96,13 @@ class RouteTable:
                     upstream_hostname=parts.hostname or "",
                     upstream_port=parts.port or (443 if parts.scheme == "https" else 80),
                     public_host=public_host,
-                    ssl=ssl_contexts.get(name),
                     resources=KNOWN_RESOURCES,
                 )
             )
-        self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
-        self.by_name = {r.name: r for r in routes}
+        self.routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
 
     def match(self, raw_path: bytes) -> Route | None:
-        for route in self._routes:
+        for route in self.routes:
             prefix = route.prefix
             if raw_path.startswith(prefix) and (len(raw_path) == len(prefix) or raw_path[len(prefix)] == 47):
                 return route

@@ -36,9 +36,18 @@ class SecretStore:
 
     def __init__(self, refs: Iterable[SecretRef], environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
-        self._entries: dict[SecretRef, _Entry] = {ref: _Entry() for ref in refs}
-        for ref in self._entries:
-            self._refresh(ref)
+        self._entries: dict[SecretRef, _Entry] = {}
+        self._versions = 0
+        self.update(refs)
+
+    def update(self, refs: Iterable[SecretRef]) -> None:
+        """Follow a new config: references still in use keep their value and version, new ones are read,
+        dropped ones forgotten."""
+        entries = {ref: self._entries.get(ref) or _Entry() for ref in refs}
+        self._entries = entries
+        for ref, entry in entries.items():
+            if entry.version == 0:
+                self._refresh(ref)
 
     def get(self, ref: SecretRef) -> str | None:
         """The current value, or None when the secret has never been readable."""
@@ -46,7 +55,7 @@ class SecretStore:
         return entry.value if entry else None
 
     def version(self, ref: SecretRef) -> int:
-        """Grows by one each time the value changes; part of the token cache key."""
+        """A number no other value of any reference has had in this process; part of the token cache key."""
         entry = self._entries.get(ref)
         return entry.version if entry else 0
 
@@ -108,13 +117,13 @@ class SecretStore:
             return
         self._set(entry, value, stamp)
 
-    @staticmethod
-    def _set(entry: _Entry, value: str, stamp: tuple[int, int, int] | None) -> None:
+    def _set(self, entry: _Entry, value: str, stamp: tuple[int, int, int] | None) -> None:
         entry.stamp = stamp
         entry.error = None
         if value != entry.value:
             entry.value = value
-            entry.version += 1
+            self._versions += 1
+            entry.version = self._versions
 
     @staticmethod
     def _fail(ref: SecretRef, entry: _Entry, reason: str) -> None:

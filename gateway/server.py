@@ -101,7 +101,7 @@ class _ExtraServer(uvicorn.Server):
 
 async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. `extra` apps (the demo's sandbox) run alongside."""
-    config = app.gateway.config
+    config = app.runtime.snapshot.config
     proxy = _granian(app, config.listen.host, config.listen.port, config, admin=False)
     admin = _granian(app.admin, config.admin.host, config.admin.port, config, admin=True)
     logging.getLogger("_granian").addFilter(_NoBanner())  # after granian's dictConfig, which resets filters
@@ -110,7 +110,7 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     background: set[asyncio.Task[None]] = set()
 
     async def drain_then_stop() -> None:
-        app.start_draining()
+        app.lifecycle.start_draining()
         log.info("draining", extra={"event": "shutdown", "drain_seconds": config.shutdown.drain_seconds})
         await asyncio.sleep(config.shutdown.drain_seconds)
         proxy.stop()
@@ -124,12 +124,12 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
 
     def on_int() -> None:
         stopping.set()
-        app.start_draining()
+        app.lifecycle.start_draining()
         proxy.stop()
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, on_int)
-    loop.add_signal_handler(signal.SIGHUP, lambda: app.reload("SIGHUP"))
+    loop.add_signal_handler(signal.SIGHUP, lambda: app.lifecycle.reload("SIGHUP"))
 
     extras = [
         _ExtraServer(
@@ -152,7 +152,7 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
         results = await asyncio.gather(admin_task, *extra_tasks, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-    if failed or not app.started or any(isinstance(r, BaseException) for r in results):
+    if failed or not app.lifecycle.started or any(isinstance(r, BaseException) for r in results):
         log.error("the gateway did not start or stop cleanly", extra={"event": "startup_failed"})
         return 1
     log.info("stopped", extra={"event": "shutdown"})

@@ -15,21 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cachetools import TTLCache
 
 from .config import TokenConfig
 
-# Cache key: (client_id, secret version, user_id, user_representation). The secret itself is never a key.
+# Cache key: (client_id, secret version, user_id, user_representation). The secret itself is never a key;
+# its version (secrets.SecretStore.version) changes whenever its value does.
 Key = tuple[str, int, str, str]
-
-# Problem codes with which a ZGW server says "this token has expired" (ZGW.md section 3).
-EXPIRED_CODES = frozenset({"jwt-expired", "jwt-expiredsignatureerror", "jwt-immaturesignatureerror"})
 
 
 @dataclass(frozen=True, slots=True)
 class Minted:
     token: str
     header_value: bytes  # b"Bearer <jwt>", ready for the upstream request
-    refresh_at: float
 
 
 def mint(
@@ -58,63 +56,39 @@ def mint(
 
 
 class TokenCache:
-    """Cached tokens per (credentials, user); refreshed `refresh_margin` seconds before they expire."""
+    """Tokens per (credentials, user), kept until `refresh_margin` seconds before they expire; at most
+    `maxsize` (the least recently used go first; cachetools' TTLCache, on the injected clock)."""
 
-    def __init__(
-        self,
-        settings: TokenConfig,
-        clock: Callable[[], float],
-        on_mint: Callable[[str], None] | None = None,
-        maxsize: int = 10000,
-    ) -> None:
-        self._settings = settings
+    def __init__(self, settings: TokenConfig, clock: Callable[[], float], maxsize: int = 10000) -> None:
+        self.settings = settings
         self._clock = clock
-        self._on_mint = on_mint
-        self._ttl = settings.lifetime - settings.refresh_margin
-        self._maxsize = maxsize
-        # A plain dict: every proxied request pays for this lookup, so it is one dict access and one
-        # comparison (a TTL cache's bookkeeping cost more, bench/README.md). Size is bounded in _store.
-        self._cache: dict[Key, Minted] = {}
+        self._cache: TTLCache[Key, Minted] = TTLCache(maxsize, settings.lifetime - settings.refresh_margin, clock)
 
     def get(self, key: Key, secret: str) -> tuple[Minted, bool]:
         """The cached token for key, minting one when missing or due; returns (token, was_cached)."""
         found = self._cache.get(key)
-        now = self._clock()
-        if found is not None and found.refresh_at > now:
+        if found is not None:
             return found, True
-        s = self._settings
+        s = self.settings
         token = mint(
             key[0],
             secret,
             user_id=key[2],
             user_representation=key[3],
-            now=now,
+            now=self._clock(),
             lifetime=s.lifetime,
             clock_skew=s.clock_skew,
             include_exp=s.include_exp,
         )
-        minted = Minted(token, b"Bearer " + token.encode(), now + self._ttl)
-        self._store(key, minted, now)
-        if self._on_mint is not None:
-            self._on_mint(key[0])
+        minted = self._cache[key] = Minted(token, b"Bearer " + token.encode())
         return minted, False
-
-    def _store(self, key: Key, minted: Minted, now: float) -> None:
-        cache = self._cache
-        cache.pop(key, None)
-        if len(cache) >= self._maxsize:
-            for stale in [k for k, v in cache.items() if v.refresh_at <= now]:
-                del cache[stale]
-            while len(cache) >= self._maxsize:
-                del cache[next(iter(cache))]  # the oldest mint: dicts keep insertion order
-        cache[key] = minted
 
     def evict(self, key: Key) -> None:
         self._cache.pop(key, None)
 
-    def evict_client(self, client_id: str) -> int:
-        """Drop every token of a client_id (its secret changed); returns how many."""
-        stale = [k for k in list(self._cache.keys()) if k[0] == client_id]
+    def evict_clients(self, client_ids: set[str]) -> int:
+        """Drop every token of these client_ids (a secret changed, or the caller is gone); returns how many."""
+        stale = [k for k in list(self._cache.keys()) if k[0] in client_ids]
         for k in stale:
             self._cache.pop(k, None)
         return len(stale)

@@ -52,7 +52,7 @@ def test_open_refuses_until_open_seconds_have_passed() -> None:
     assert b.retry_after() == 10
     clock.now += 9.5
     assert not b.allow()
-    assert b.retry_after() == 1
+    assert b.retry_after() == 0.5
     clock.now += 0.5
     assert b.allow()
     assert b.state == HALF_OPEN

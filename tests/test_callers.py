@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.callers import CallerDirectory, Peer, RateLimiter
-from gateway.config import parse
+from gateway.config import CallerConfig, parse
 from gateway.secrets import SecretStore
 
 DMS_KEY = "dms-api-key-5f1e9c3a7b2d4e6f8a0c"
@@ -63,9 +63,14 @@ def config_data(**extra: Any) -> dict[str, Any]:
     return data
 
 
+def limiter_for(caller: CallerConfig) -> RateLimiter | None:
+    rate = caller.rate_limit
+    return RateLimiter(rate.rate, rate.burst, clock=lambda: 0.0) if rate else None
+
+
 def directory(data: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> CallerDirectory:
     config = parse(data or config_data())
-    return CallerDirectory(config, SecretStore(config.secret_refs(), environ=env or ENV), clock=lambda: 0.0)
+    return CallerDirectory(config, SecretStore(config.secret_refs(), environ=env or ENV), limiter_for)
 
 
 DIR = directory()
@@ -179,7 +184,7 @@ def test_duplicate_keys_across_callers_are_reported_without_the_key() -> None:
     data = config_data()
     data["callers"][1]["api_keys"].append({"env": "DUP"})
     config = parse(data)
-    d = CallerDirectory(config, SecretStore(config.secret_refs(), environ=ENV), clock=lambda: 0.0)
+    d = CallerDirectory(config, SecretStore(config.secret_refs(), environ=ENV), limiter_for)
     problems = d.reload_keys()
     assert problems == ["callers.bi.api_keys[1]: the same key as caller 'dms'"]
     assert DMS_KEY not in "".join(problems)
@@ -201,7 +206,7 @@ def test_reload_keys_picks_up_a_rotated_key_file(tmp_path: Path) -> None:
     data["callers"][0]["api_keys"] = [{"file": str(key_file)}]
     config = parse(data)
     store = SecretStore(config.secret_refs(), environ=ENV)
-    d = CallerDirectory(config, store, clock=lambda: 0.0)
+    d = CallerDirectory(config, store, limiter_for)
     assert d.identify({b"x-api-key": DMS_KEY.encode()}, Peer("192.0.2.1", False)) is not None
     replacement = tmp_path / "dms-key.new"
     replacement.write_text("rotated-key-0123456789", encoding="utf-8")

@@ -33,10 +33,11 @@ def table(components: dict[str, Any] | None = None) -> RouteTable:
             },
         }
     )
-    return RouteTable(config, {})
+    return RouteTable(config)
 
 
 TABLE = table()
+BY_NAME = {route.name: route for route in TABLE.routes}
 
 
 @pytest.mark.parametrize(
@@ -126,17 +127,17 @@ def test_a_prefix_matches_only_at_a_segment_boundary() -> None:
 
 
 def test_upstream_target_joins_base_and_rest() -> None:
-    zaken = TABLE.by_name["zaken"]
+    zaken = BY_NAME["zaken"]
     assert zaken.upstream_target(b"/zaken/api/v1/zaken", b"") == b"/zaken/api/v1/zaken"
     assert zaken.upstream_target(b"/zaken/api/v1/", b"") == b"/zaken/api/v1/"
     assert zaken.upstream_target(b"/zaken/api/v1", b"") == b"/zaken/api/v1"
     assert (zaken.upstream_hostname, zaken.upstream_port) == ("oz.example.nl", 443)
-    catalogi = TABLE.by_name["catalogi"]
+    catalogi = BY_NAME["catalogi"]
     assert catalogi.upstream_host == "oz.example.nl:8443"
     assert catalogi.public_host == "gw.intern:8000"
     assert catalogi.upstream_target(b"/catalogi/api/v1/zaaktypen", b"") == b"/catalogi/api/v1/zaaktypen"
     assert (catalogi.upstream_hostname, catalogi.upstream_port) == ("oz.example.nl", 8443)
-    root = TABLE.by_name["root"]
+    root = BY_NAME["root"]
     assert root.upstream_path == b""
     assert root.upstream_target(b"/legacy/x", b"") == b"/x"
     assert root.upstream_target(b"/legacy", b"a=1") == b"/?a=1"  # an empty path is '/' on the wire
@@ -155,7 +156,7 @@ def test_upstream_target_joins_base_and_rest() -> None:
     ],
 )
 def test_the_query_string_is_forwarded_byte_for_byte(query: bytes) -> None:
-    target = TABLE.by_name["zaken"].upstream_target(b"/zaken/api/v1/zaken", query)
+    target = BY_NAME["zaken"].upstream_target(b"/zaken/api/v1/zaken", query)
     assert target == b"/zaken/api/v1/zaken?" + query
 
 

@@ -1,0 +1,189 @@
+"""What the gateway holds while it runs: a snapshot of one config, and the state that outlives reloads.
+
+A request takes the current `Snapshot` once, so it sees one consistent config from start to end. A reload
+builds a new snapshot; what must not start over with it lives in `Runtime` and carries over: secret
+values and their versions, cached tokens of credentials that did not change, circuit breakers and rate
+limiters whose settings did not change, in-flight counts, and the connection pools of unchanged
+components. Requests still running on the old snapshot keep its routes and pools; a replaced pool closes
+its connections as they come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from . import headers
+from .breaker import CircuitBreaker
+from .callers import CallerDirectory, RateLimiter
+from .config import CallerConfig, Config, ConfigError, RateLimit
+from .metrics import Metrics
+from .rewrite import UrlRewriter
+from .routing import Route, RouteTable
+from .secrets import SecretStore
+from .tokens import TokenCache
+from .upstream import Pool, ssl_context
+
+log = logging.getLogger("zgw_gateway")
+
+
+class Snapshot:
+    """Everything derived from one config: routes (with their pools), callers, the rewriter, header policy."""
+
+    def __init__(self, config: Config, routes: RouteTable, callers: CallerDirectory, key_problems: list[str]):
+        self.config = config
+        self.routes = routes
+        self.callers = callers
+        self.key_problems = key_problems
+        pairs = [(c.upstream, config.public_url + c.prefix) for c in config.components.values() if c.rewrite_urls]
+        self.rewriter = UrlRewriter(pairs) if pairs else None
+        ident = config.identity
+        self.user_id_header = ident.user_id_header.lower().encode()
+        self.user_rep_header = ident.user_representation_header.lower().encode()
+        self.dropped_headers = headers.ALWAYS_DROPPED | {
+            ident.api_key_header.lower().encode(),
+            ident.cert_subject_header.lower().encode(),
+            self.user_id_header,
+            self.user_rep_header,
+        }
+        self.log_headers = [h.encode() for h in config.log.headers]
+
+
+class Runtime:
+    """The state that outlives a reload, and the current snapshot (`apply` makes a new one current)."""
+
+    def __init__(
+        self, config: Config, metrics: Metrics, clock: Callable[[], float], environ: dict[str, str] | None
+    ) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.secrets = SecretStore([], environ)
+        self.tokens = TokenCache(config.token, clock)
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.limiters: dict[str, tuple[RateLimit, RateLimiter]] = {}
+        self.pools: dict[str, Pool] = {}
+        self.in_flight: dict[str, int] = {}
+        self.total_in_flight = 0
+        self.snapshot: Snapshot
+        self.apply(config)
+
+    def apply(self, config: Config) -> Snapshot:
+        """Make `config` current, carrying over what it did not change. ConfigError when it cannot be served
+        (e.g. a TLS file that does not load); the running snapshot then stays."""
+        routes = RouteTable(config)
+        pools = self._pools(routes)
+        for route in routes.routes:
+            route.pool = pools[route.name]
+        self.secrets.update(config.secret_refs())
+        callers = CallerDirectory(config, self.secrets, self._limiter)
+        old = getattr(self, "snapshot", None)
+        self.snapshot = Snapshot(config, routes, callers, callers.reload_keys())
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                pool.close()
+        self.pools = pools
+        self._carry_tokens(old.config if old else None, config)
+        self._carry_breakers(config)
+        live = {c.name for c in config.callers}
+        self.limiters = {name: pair for name, pair in self.limiters.items() if name in live}
+        for name in config.components:
+            self.in_flight.setdefault(name, 0)
+        self.metrics.prepare([c.name for c in config.callers], list(config.components))
+        for name in config.components:
+            breaker = self.breakers.get(name)
+            self.metrics.circuit_state(name).set(breaker.state if breaker else 0)
+            self.metrics.in_flight(name).set(self.in_flight[name])
+        return self.snapshot
+
+    def _pools(self, routes: RouteTable) -> dict[str, Pool]:
+        pools = {}
+        errors = []
+        for route in routes.routes:
+            name, comp = route.name, route.component
+            kept = self.pools.get(name)
+            if kept is not None and kept.settings == comp:
+                pools[name] = kept
+                continue
+            try:
+                context = ssl_context(comp)
+            except (OSError, ssl.SSLError) as exc:
+                errors.append(f"components.{name}.tls: cannot load ({type(exc).__name__}: {exc.strerror or exc})")
+                continue
+            pools[name] = Pool(route.upstream_hostname, route.upstream_port, context, comp)
+        if errors:
+            raise ConfigError(errors)
+        return pools
+
+    def _carry_tokens(self, old: Config | None, new: Config) -> None:
+        if old is None:
+            return
+        if old.token != new.token:
+            self.tokens = TokenCache(new.token, self.clock)
+            return
+        # Tokens of a client_id whose secret reference changed or that no caller uses any more go.
+        self.tokens.evict_clients({client_id for client_id, ref in _credentials(old) - _credentials(new)})
+
+    def _carry_breakers(self, config: Config) -> None:
+        settings = config.circuit_breaker
+        breakers = {}
+        for name in config.components if settings.enabled else ():
+            kept = self.breakers.get(name)
+            if kept is not None and (kept.threshold, kept.open_seconds) == (
+                settings.failure_threshold,
+                settings.open_seconds,
+            ):
+                breakers[name] = kept
+            else:
+                breakers[name] = CircuitBreaker(
+                    settings.failure_threshold, settings.open_seconds, self.clock, self.metrics.circuit_state(name).set
+                )
+        self.breakers = breakers
+
+    def _limiter(self, caller: CallerConfig) -> RateLimiter | None:
+        if caller.rate_limit is None:
+            self.limiters.pop(caller.name, None)
+            return None
+        kept = self.limiters.get(caller.name)
+        if kept is not None and kept[0] == caller.rate_limit:
+            return kept[1]
+        limiter = RateLimiter(caller.rate_limit.rate, caller.rate_limit.burst, self.clock)
+        self.limiters[caller.name] = (caller.rate_limit, limiter)
+        return limiter
+
+    def problems(self) -> list[str]:
+        return self.secrets.problems() + self.snapshot.key_problems
+
+    def admit(self, route: Route) -> bool:
+        """Room for one more request in flight, to this component and in all?"""
+        return (
+            self.total_in_flight < self.snapshot.config.limits.max_in_flight
+            and self.in_flight[route.name] < route.component.max_in_flight
+        )
+
+    @contextmanager
+    def flight(self, route: Route) -> Iterator[None]:
+        """Count a request in flight to `route`'s component while the block runs."""
+        gauge = self.metrics.in_flight(route.name)
+        self.in_flight[route.name] += 1
+        self.total_in_flight += 1
+        gauge.inc()
+        try:
+            yield
+        finally:
+            self.in_flight[route.name] -= 1
+            self.total_in_flight -= 1
+            gauge.dec()
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+def _credentials(config: Config) -> set[tuple[str, object]]:
+    pairs: set[tuple[str, object]] = set()
+    for caller in config.callers:
+        pairs.add((caller.client_id, caller.secret))
+        pairs.update((c.client_id, c.secret) for c in caller.credentials.values())
+    return pairs
