@@ -16,7 +16,14 @@ the pool only when all of these hold, and is closed otherwise:
 3. both sides keep it alive: HTTP/1.1 without `Connection: close` in the answer;
 4. not one byte arrived beyond the end of the answer: parsing stops there, and anything after it (a second
    response in the same segment, a body on a 204, even a stray CRLF) poisons the connection;
-5. nothing arrived while it sat idle in the pool: any byte then closes it.
+5. nothing arrived while it sat idle in the pool: any byte then closes it, and a plain TCP connection is
+   checked for unread bytes once more when it is taken from the pool.
+
+What no HTTP/1.1 client can tell (nginx and httpcore alike): an unasked answer that arrives after the next
+request was sent on the connection looks like that request's answer, because HTTP/1.1 has no request
+ids. The real answer then follows it as bytes beyond an answer (rule 4) or on an idle connection (rule 5),
+and the connection is closed, unless it has carried yet another request by then. docs/security.md
+("Hostile upstream") has the measurements.
 
 Bounds: the answer's head (every 1xx head included) in bytes and in fields, and its trailers likewise
 (`max_response_head_bytes`, `max_response_headers`); trailers are read, checked and dropped, never merged
@@ -34,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import socket
 import ssl
 import time
@@ -94,6 +102,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.waiter: asyncio.Future[None] | None = None
         self.active = False  # an exchange is in progress: bytes from the upstream are expected
+        self.fd = -1  # the plain TCP socket's descriptor, for `quiet`
         self._reset("GET")
 
     def _reset(self, method: str) -> None:
@@ -120,6 +129,17 @@ class _Connection(asyncio.Protocol):
         """A new exchange starts on this connection."""
         self._reset(method)
         self.active = True
+
+    def quiet(self) -> bool:
+        """Nothing waits to be read (rule 5, for bytes the event loop has not handed over yet). Plain TCP
+        only: on TLS, records such as session tickets may arrive unasked and are not the upstream's words."""
+        if self.fd < 0:
+            return True
+        try:
+            readable, _, _ = select.select([self.fd], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
     def reusable(self) -> bool:
         return (
@@ -449,7 +469,7 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS and conn.quiet():
                 self.in_use += 1
                 return conn
             conn.close()
@@ -496,6 +516,8 @@ class Pool:
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl is None:
+                conn.fd = sock.fileno()
         return conn
 
     def release(self, conn: _Connection) -> None:
