@@ -2,8 +2,9 @@
 
 Forwarded information (X-Forwarded-For, the certificate subject header) counts only when the direct peer
 is one of `trusted_proxies`; from anyone else it is ignored, so it cannot change who the caller is.
-API keys are looked up by their SHA-256 digest and then compared with `hmac.compare_digest`, so the time
-taken says nothing about the key; the config may hold the digest instead of the key.
+API keys are looked up by their SHA-256 digest, never by the key itself: what the lookup's timing could tell
+is about digests, which say nothing about any key (preimage resistance). The config may hold the digest
+instead of the key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +87,7 @@ class CallerDirectory:
         self._networks: list[tuple[IPNetwork, Caller]] = []
         self._by_ip: LRUCache[str, Caller | None] = LRUCache(maxsize=4096)
         self._trusted_ip: LRUCache[str, bool] = LRUCache(maxsize=4096)
-        self._keys: dict[bytes, tuple[bytes, Caller]] = {}
+        self._keys: dict[bytes, Caller] = {}
         for c in config.callers:
             default = Credentials(client_id=c.client_id, secret=c.secret)
             creds = {name: c.credentials.get(name, default) for name in c.components}
@@ -112,7 +112,7 @@ class CallerDirectory:
 
     def reload_keys(self) -> list[str]:
         """(Re)build the API key table from the secret store; returns problems, naming no key."""
-        keys: dict[bytes, tuple[bytes, Caller]] = {}
+        keys: dict[bytes, Caller] = {}
         problems = []
         for caller in self.callers.values():
             assert caller.config is not None
@@ -125,12 +125,12 @@ class CallerDirectory:
                     if value is None:
                         continue  # reported by the secret store
                     digest = hashlib.sha256(value.encode()).digest()
-                if digest in keys and keys[digest][1] is not caller:
+                if digest in keys and keys[digest] is not caller:
                     problems.append(
-                        f"callers.{caller.name}.api_keys[{i}]: the same key as caller '{keys[digest][1].name}'"
+                        f"callers.{caller.name}.api_keys[{i}]: the same key as caller '{keys[digest].name}'"
                     )
                     continue
-                keys[digest] = (digest, caller)
+                keys[digest] = caller
         self._keys = keys
         return problems
 
@@ -159,11 +159,7 @@ class CallerDirectory:
                 if key is None:
                     return None
         if key is not None:
-            digest = hashlib.sha256(key).digest()
-            found = self._keys.get(digest)
-            if found is None or not hmac.compare_digest(found[0], digest):
-                return None
-            return found[1]
+            return self._keys.get(hashlib.sha256(key).digest())
         if peer.trusted:
             subject = headers.get(self._cert_header)
             if subject is not None:

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from .rewrite import UrlRewriter
+
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
@@ -342,9 +344,7 @@ class Config(Model):
                     errors.append(f"callers[{i}].components[{j}]: no component named '{comp_name}'")
         rewritten = {name: comp for name, comp in self.components.items() if comp.rewrite_urls}
         if rewritten:
-            from .rewrite import UrlRewriter  # the rewriter decides which mappings are ambiguous
-
-            try:
+            try:  # the rewriter decides which mappings are ambiguous
                 UrlRewriter([(c.upstream, self.public_url + c.prefix) for c in rewritten.values()])
             except ValueError as exc:
                 errors.append(f"components ({', '.join(sorted(rewritten))}).rewrite_urls: {exc}")

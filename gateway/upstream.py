@@ -1,39 +1,16 @@
-"""How bytes reach an upstream: an HTTP/1.1 client with a keep-alive pool per component.
+"""How bytes reach an upstream: a keep-alive pool of HTTP/1.1 connections per component.
 
-The upstream is not trusted to be well-behaved. Responses are parsed by llhttp (via httptools, Node.js's
-parser, strict about framing: it refuses obs-fold, bare LF, duplicate or malformed Content-Length, CL with
-TE, bad chunk sizes), and this module adds what llhttp leaves to its user: where a message ends, and
-whether the connection it came on may carry another one.
-
-Reuse rules (RFC 9112 section 9; at least as strict as nginx and httpcore/h11). A connection goes back to
-the pool only when all of these hold, and is closed otherwise:
-
-1. the whole request was sent: the head and every body byte (the final chunk too) were written, and the
-   final answer's head arrived only after that - an early answer (a 401 or 413 while the body is still
-   going up) is relayed, and the connection closed after it;
-2. the whole answer was read by its framing: Content-Length, chunked, or no body (1xx, 204, 304, HEAD);
-   an answer delimited by the connection's end is never followed by another;
-3. both sides keep it alive: HTTP/1.1 without `Connection: close` in the answer;
-4. not one byte arrived beyond the end of the answer: parsing stops there, and anything after it (a second
-   response in the same segment, a body on a 204, even a stray CRLF) poisons the connection;
-5. nothing arrived while it sat idle in the pool: any byte then closes it, and a plain TCP connection is
-   checked for unread bytes once more when it is taken from the pool.
-
-What no HTTP/1.1 client can tell (nginx and httpcore alike): an unasked answer that arrives after the next
-request was sent on the connection looks like that request's answer, because HTTP/1.1 has no request
-ids. The real answer then follows it as bytes beyond an answer (rule 4) or on an idle connection (rule 5),
-and the connection is closed, unless it has carried yet another request by then. docs/security.md
-("Hostile upstream") has the measurements.
-
-Bounds: the answer's head (every 1xx head included) in bytes and in fields, and its trailers likewise
-(`max_response_head_bytes`, `max_response_headers`); trailers are read, checked and dropped, never merged
-into the headers; sending the body waits for the upstream at most `timeouts.write`, reading at most
-`timeouts.read` between two pieces.
+A `Pool` sends one request at a time per connection and hands back a `Response` whose body is read as it
+arrives; `connection.Connection` parses the answer and decides, by the reuse rules written there, whether
+the connection goes back to the pool. Waiting for a connection, connecting and waiting for the answer's
+head are bounded by the request's deadline; sending the body by `timeouts.write`, reading it by
+`timeouts.read` between pieces.
 
 Never followed: redirects. Never added: any header. Never changed: the request target and the body bytes.
 Why not a general client library: bench/micro.py measures this client against aiohttp and httpx per
-exchange, and bench/transports.py inside a proxy; the reuse rules above are the part that must not be
-traded for speed, and tests/test_hostile_upstream.py holds one test per rule.
+exchange, and bench/transports.py inside a proxy; the reuse rules are the part that must not be traded
+for speed, and tests/test_upstream.py, tests/test_hostile_upstream.py and tests/test_pool_property.py
+hold them.
 """
 
 from __future__ import annotations
@@ -41,23 +18,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import select
 import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator
 
-import httptools
-
 from .config import Component
+from .connection import Connection
 
-# Pause reading from the upstream while this much response body waits for the caller (back-pressure).
-HIGH_WATER = 256 * 1024
 # Idle connections older than this are not reused: servers close idle keep-alive connections after a few
 # seconds (gunicorn 2 s, uvicorn 5 s), and a request sent into a closing connection fails.
 IDLE_SECONDS = 1.5
-# What one chunk's size line and CRLFs may take (RFC 9112 section 7.1; extensions included).
-CHUNK_LINE = 256
 
 
 def ssl_context(component: Component) -> ssl.SSLContext | None:
@@ -86,250 +57,12 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-class _Stop(Exception):
-    """Raised inside a parser callback to stop llhttp at the end of the message (or at a violation)."""
-
-
-class _Connection(asyncio.Protocol):
-    """One TCP or TLS connection, and the state of the exchange on it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Component) -> None:
-        self.loop = loop
-        self.settings = settings
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.writable = True
-        self.idle_since = 0.0
-        self.waiter: asyncio.Future[None] | None = None
-        self.active = False  # an exchange is in progress: bytes from the upstream are expected
-        self.fd = -1  # the plain TCP socket's descriptor, for `quiet`
-        self._reset("GET")
-
-    def _reset(self, method: str) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.head_only = method == "HEAD"
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.room = self.settings.max_response_head_bytes
-        self.fields_left = self.settings.max_response_headers
-        self.interim = False
-        self.headers_done = False
-        self.keep_alive = False
-        self.complete = False
-        self.request_sent = False
-        self.early = False  # the final head arrived before the request was completely sent
-        self.extra = False  # a byte arrived beyond the end of the answer
-        self.failure = ""  # why the answer cannot be used: bad_response (with `detail`) or reset
-        self.detail = ""
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.buffered = 0
-        self.paused = False
-
-    def begin(self, method: str) -> None:
-        """A new exchange starts on this connection."""
-        self._reset(method)
-        self.active = True
-
-    def quiet(self) -> bool:
-        """Nothing waits to be read (rule 5, for bytes the event loop has not handed over yet). Plain TCP
-        only: on TLS, records such as session tickets may arrive unasked and are not the upstream's words."""
-        if self.fd < 0:
-            return True
-        try:
-            readable, _, _ = select.select([self.fd], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
-
-    def reusable(self) -> bool:
-        return (
-            self.request_sent
-            and self.complete
-            and self.keep_alive
-            and not (self.early or self.extra or self.failure or self.closed or self.chunks)
-        )
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if not self.active or self.complete:
-            # Rule 5 (idle) and rule 4 (bytes after the answer, in a later segment).
-            self.extra = True
-            self.close()
-        else:
-            self._parse(memoryview(data))
-        self._wake()
-
-    def _parse(self, view: memoryview) -> None:
-        while view:
-            if self.headers_done:
-                part, view = view, view[:0]
-            elif self.room > 0:
-                # The head must end within the room left; what follows it in this segment may be body.
-                part, view = view[: self.room], view[self.room :]
-            else:
-                self._fail("bad_response", "the response head is larger than max_response_head_bytes")
-                return
-            self.room -= len(part)
-            self._feed(part)
-            if self.failure:
-                return
-            if self.room < 0:
-                # Past the head, `room` is what chunk lines and trailers may take beyond the body itself.
-                self._fail("bad_response", "the response trailers are larger than max_response_head_bytes")
-                return
-            if self.complete:
-                self.extra = self.extra or bool(view)
-                return
-
-    def _feed(self, view: memoryview) -> None:
-        # Rule 4: llhttp would go on to parse a second message after the first, and it skips CR/LF between
-        # messages without a callback. Feeding all but the last byte first tells whether the answer ended
-        # before that byte: then at least that byte lies beyond it.
-        last = len(view) - 1
-        if last > 0:
-            self._execute(view[:last])
-            if self.complete:
-                self.extra = True
-                return
-            if self.failure:
-                return
-            view = view[last:]
-        self._execute(view)
-
-    def _execute(self, view: memoryview) -> None:
-        try:
-            self.parser.feed_data(view)
-        except httptools.HttpParserError as exc:
-            # Raised through the parser: a _Stop at the message's end or at a violation already recorded,
-            # or llhttp's own verdict on the bytes.
-            if not self.complete and not self.failure:
-                self._fail("bad_response", str(exc))
-
-    def _violation(self, detail: str) -> _Stop:
-        self._fail("bad_response", detail)
-        return _Stop(detail)
-
-    def _fail(self, reason: str, detail: str = "") -> None:
-        if not self.failure:
-            self.failure, self.detail = reason, detail
-        self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.writable = True
-        if self.active and self.headers_done and not self.complete and not self.failure and self._until_close():
-            self.complete = True  # a body without length or chunks ends with the connection (RFC 9112 6.3)
-        if self.active and not self.complete:
-            self._fail("reset")
-        self._wake()
-
-    def _until_close(self) -> bool:
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                return False
-            if lname == b"transfer-encoding" and value.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
-                return False
-        return True
-
-    def pause_writing(self) -> None:
-        self.writable = False
-
-    def resume_writing(self) -> None:
-        self.writable = True
-        self._wake()
-
-    # llhttp callbacks (httptools)
-
-    def on_message_begin(self) -> None:
-        if self.complete:
-            raise _Stop  # rule 4: a second message; the bytes are already counted as extra
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields_left -= 1
-        if self.fields_left < 0:
-            raise self._violation("the response has more fields than max_response_headers")
-        if self.headers_done:
-            return  # a trailer: counted like the head, then dropped - never merged into the headers relayed
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status == 101 or status < 100:
-            raise self._violation(f"status {status} was not asked for")
-        if status < 200:
-            self.interim = True  # 1xx (e.g. 103 Early Hints): not the answer; the answer follows
-            self.headers = []
-            return
-        self.status = status
-        self.headers_done = True
-        self.room = self.settings.max_response_head_bytes  # from here on: chunk lines' and trailers' budget
-        self.fields_left = self.settings.max_response_headers
-        # Asked here: once the message is complete, llhttp has already reset what this depends on.
-        self.keep_alive = self.parser.should_keep_alive()
-        transport = self.transport
-        if not self.request_sent or (transport is not None and transport.get_write_buffer_size()):
-            self.early = True  # rule 1
-        if self.head_only:
-            # llhttp cannot be told the request was HEAD; the answer ends with its head.
-            self.complete = True
-            raise _Stop
-
-    def on_chunk_header(self) -> None:
-        self.room += CHUNK_LINE
-
-    def on_body(self, body: bytes) -> None:
-        self.room += len(body)
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        self.complete = True
-
-    # waiting
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self, timeout: float) -> None:
-        """Until something happens (bytes, drained, closed); TimeoutError after `timeout` seconds of nothing."""
-        waiter = self.waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            handle.cancel()
-            self.waiter = None
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class Response:
     """An upstream answer whose body is read as it arrives. Call `release()` when done, always."""
 
     __slots__ = ("_conn", "_pool", "_released", "content_length", "headers", "status")
 
-    def __init__(self, pool: Pool, conn: _Connection) -> None:
+    def __init__(self, pool: Pool, conn: Connection) -> None:
         self._pool = pool
         self._conn = conn
         self._released = False
@@ -393,7 +126,7 @@ class Pool:
         self.port = port
         self.ssl = ssl_context
         self.settings = settings
-        self.idle: list[_Connection] = []
+        self.idle: list[Connection] = []
         self.in_use = 0
         self.closed = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -416,7 +149,7 @@ class Pool:
         return Response(self, conn)
 
     async def _send(
-        self, conn: _Connection, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool
+        self, conn: Connection, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool
     ) -> None:
         transport = conn.transport
         if transport is None or conn.closed:
@@ -440,7 +173,7 @@ class Pool:
             transport.write(b"0\r\n\r\n")
         conn.request_sent = True
 
-    async def _drain(self, conn: _Connection) -> None:
+    async def _drain(self, conn: Connection) -> None:
         """Wait until the upstream takes more of the body, or answers, or leaves; at most `timeouts.write`."""
         deadline = time.monotonic() + self.settings.timeouts.write
         while not conn.writable and not conn.headers_done and not conn.closed:
@@ -452,7 +185,7 @@ class Pool:
             except TimeoutError:
                 raise UpstreamError("timeout", sent=True, detail="the upstream stopped reading the body") from None
 
-    async def _await_head(self, conn: _Connection, deadline: float) -> None:
+    async def _await_head(self, conn: Connection, deadline: float) -> None:
         read = self.settings.timeouts.read
         while not conn.headers_done:
             if conn.failure or conn.closed:
@@ -465,7 +198,7 @@ class Pool:
             except TimeoutError:
                 raise UpstreamError("timeout", sent=True) from None
 
-    async def _acquire(self, deadline: float) -> _Connection:
+    async def _acquire(self, deadline: float) -> Connection:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
@@ -494,12 +227,12 @@ class Pool:
             raise
         return conn
 
-    async def _connect(self, timeout: float) -> _Connection:
+    async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self.settings),
+                    lambda: Connection(loop, self.settings),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -520,7 +253,7 @@ class Pool:
                 conn.fd = sock.fileno()
         return conn
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: Connection) -> None:
         """The exchange on `conn` is over: back to the pool if the reuse rules allow it, else closed."""
         self.in_use -= 1
         reusable = conn.reusable() and not self.closed

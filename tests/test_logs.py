@@ -204,3 +204,43 @@ def test_level_warning_drops_info_lines(sandbox: str, gateway_factory: Callable[
     wait_until(lambda: _events(gw, "config_reload_failed"), 10)
     levels = {line["level"] for line in _json_lines(gw)}
     assert levels == {"error"}  # the failed reload; no startup or access lines at info
+
+
+class CountingStream:
+    """An unbuffered stdout, as in the image (PYTHONUNBUFFERED=1): every write is a write(2)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_access_writer_batches_lines_whatever_the_stream_buffers() -> None:
+    import asyncio
+
+    from gateway import logs
+
+    stream = CountingStream()
+    writer = logs._AccessWriter(stream, "json")
+
+    async def burst() -> None:
+        flushed = asyncio.Event()
+        for i in range(200):
+            writer.write({"request_id": str(i)})
+        assert stream.writes == []  # nothing yet: the lines wait in the writer's own buffer
+        asyncio.get_running_loop().call_later(logs.FLUSH_SECONDS, flushed.set)  # scheduled after the writer's
+        await flushed.wait()
+
+    asyncio.run(burst())
+    assert len(stream.writes) == 1
+    lines = stream.writes[0].splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [str(i) for i in range(200)]
+    big = {"request_id": "x" * 1000}
+    for _ in range(logs.FLUSH_BYTES // 1000 + 1):
+        writer.write(big)  # outside a loop each line is flushed at once; past FLUSH_BYTES in any case
+    assert len(stream.writes) > 1
