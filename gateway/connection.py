@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import select
+from collections.abc import Callable
 
 import httptools
 
@@ -54,12 +55,14 @@ class _Stop(Exception):
 class Connection(asyncio.Protocol):
     """One TCP or TLS connection, and the state of the exchange on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Component) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Component, on_idle_stray: Callable[[], None]) -> None:
         self.loop = loop
         self.settings = settings
+        self.on_idle_stray = on_idle_stray
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.writable = True
+        self.drained = asyncio.Event()  # set while the transport takes more (flow control), or once closed
+        self.drained.set()
         self.idle_since = 0.0
         self.waiter: asyncio.Future[None] | None = None
         self.active = False  # an exchange is in progress: bytes from the upstream are expected
@@ -102,13 +105,19 @@ class Connection(asyncio.Protocol):
             return False
         return not readable
 
-    def reusable(self) -> bool:
-        return (
-            self.request_sent
-            and self.complete
-            and self.keep_alive
-            and not (self.early or self.extra or self.failure or self.closed or self.chunks)
-        )
+    def unusable(self) -> str:
+        """Why the connection may not carry another request (a reason of metrics.CLOSE_REASONS), or ""."""
+        if self.extra:
+            return "stray_bytes"  # rules 4 and 5
+        if self.early:
+            return "early_answer"  # rule 1
+        if self.failure:
+            return "failed"
+        if not (self.request_sent and self.complete) or self.chunks or self.closed:
+            return "unfinished"  # rules 1 and 2: a side stopped before the end, or the upstream left
+        if not self.keep_alive:
+            return "not_keep_alive"  # rule 3
+        return ""
 
     # asyncio.Protocol
 
@@ -118,11 +127,13 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.active or self.complete:
             # Rule 5 (idle) and rule 4 (bytes after the answer, in a later segment).
+            if not self.active and not self.extra:
+                self.on_idle_stray()
             self.extra = True
             self.close()
         else:
             self._parse(memoryview(data))
-        self._wake()
+        self.wake()
 
     def _parse(self, view: memoryview) -> None:
         while view:
@@ -181,12 +192,12 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.writable = True
+        self.drained.set()  # a writer waiting for room finds the connection gone
         if self.active and self.headers_done and not self.complete and not self.failure and self._until_close():
             self.complete = True  # a body without length or chunks ends with the connection (RFC 9112 6.3)
         if self.active and not self.complete:
             self._fail("reset")
-        self._wake()
+        self.wake()
 
     def _until_close(self) -> bool:
         for name, value in self.headers:
@@ -198,11 +209,10 @@ class Connection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self.writable = False
+        self.drained.clear()
 
     def resume_writing(self) -> None:
-        self.writable = True
-        self._wake()
+        self.drained.set()
 
     # llhttp callbacks (httptools)
 
@@ -259,19 +269,20 @@ class Connection(asyncio.Protocol):
 
     # waiting
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout: float) -> None:
-        """Until something happens (bytes, drained, closed); TimeoutError after `timeout` seconds of nothing."""
+    async def wait(self, timeout: float | None) -> None:
+        """Until something happens (bytes, closed, `wake`); TimeoutError after `timeout` seconds of nothing."""
         waiter = self.waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, _expire, waiter)
+        handle = self.loop.call_later(timeout, _expire, waiter) if timeout is not None else None
         try:
             await waiter
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
             self.waiter = None
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ PREFIX = "zgw_gateway"
 # From 1 ms to 60 s: ZGW calls range from cached catalogus reads to multi-GB document transfers.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Why a pooled upstream connection was closed instead of reused (connection.Connection.unusable).
+CLOSE_REASONS = ("stray_bytes", "early_answer", "failed", "unfinished", "not_keep_alive")
 FAILURE_REASONS = (
     "connect", "timeout", "reset", "dns", "pool", "circuit_open", "tls", "overloaded", "bad_response",
 )  # fmt: skip
@@ -128,6 +130,15 @@ class Metrics:
                 registry=r,
             )
         )
+        self.connections_closed = Labelled(
+            Counter(
+                f"{PREFIX}_upstream_connections_closed",
+                "Upstream connections closed instead of reused, by reason (stray_bytes: the upstream sent "
+                "bytes nobody asked for).",
+                ["component", "reason"],
+                registry=r,
+            )
+        )
         self.tokens_minted = Labelled(
             Counter(f"{PREFIX}_tokens_minted", "ZGW JWTs minted.", ["caller", "component"], registry=r)
         )
@@ -192,6 +203,8 @@ class Metrics:
             self.circuit_state(comp)
             for reason in FAILURE_REASONS:
                 self.upstream_failures(comp, reason)
+            for reason in CLOSE_REASONS:
+                self.connections_closed(comp, reason)
             for caller in callers:
                 self.tokens_minted(caller, comp)
         for gauge in (self.in_flight, self.circuit_state):

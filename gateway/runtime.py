@@ -111,10 +111,14 @@ class Runtime:
             except (OSError, ssl.SSLError) as exc:
                 errors.append(f"components.{name}.tls: cannot load ({type(exc).__name__}: {exc.strerror or exc})")
                 continue
-            pools[name] = Pool(route.upstream_hostname, route.upstream_port, context, comp)
+            pools[name] = Pool(route.upstream_hostname, route.upstream_port, context, comp, self._counter(name))
         if errors:
             raise ConfigError(errors)
         return pools
+
+    def _counter(self, component: str) -> Callable[[str], None]:
+        closed = self.metrics.connections_closed
+        return lambda reason: closed(component, reason).inc()
 
     def _carry_tokens(self, old: Config | None, new: Config) -> None:
         if old is None:

@@ -21,7 +21,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from .config import Component
 from .connection import Connection
@@ -121,7 +121,15 @@ class Response:
 class Pool:
     """Keep-alive connections to one origin: at most `max_connections` at once, waiting for one bounded in time."""
 
-    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None, settings: Component) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        settings: Component,
+        on_close: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.on_close = on_close  # told why a connection was not kept (metrics.CLOSE_REASONS)
         self.host = host
         self.port = port
         self.ssl = ssl_context
@@ -141,49 +149,60 @@ class Pool:
         conn = await self._acquire(deadline)
         conn.begin(method)
         try:
-            await self._send(conn, head, body, chunked)
+            transport = conn.transport
+            if transport is None or conn.closed:
+                raise UpstreamError("reset", sent=False)
+            if body is None or isinstance(body, bytes):
+                transport.write(head + body if body else head)
+                conn.request_sent = True
+            else:
+                transport.write(head)
+                await self._stream(conn, body, chunked)
+                # The body took as long as the caller took; the answer's head gets `read` from its end.
+                deadline = time.monotonic() + self.settings.timeouts.read
             await self._await_head(conn, deadline)
         except BaseException:
             self.release(conn)
             raise
         return Response(self, conn)
 
-    async def _send(
-        self, conn: Connection, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool
-    ) -> None:
+    async def _stream(self, conn: Connection, body: AsyncGenerator[bytes, None], chunked: bool) -> None:
+        """Send the body while watching the connection: an answer that arrives first (rule 1), or the upstream
+        leaving, stops the sending even while the caller's next piece is still on its way."""
+        pump = asyncio.ensure_future(self._pump(conn, body, chunked))
+        pump.add_done_callback(lambda _: conn.wake())
+        try:
+            while not pump.done() and not conn.headers_done and not conn.closed:
+                await conn.wait(None)
+        finally:
+            if not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        if not pump.cancelled():
+            pump.result()  # the caller's body errors and the write timeout surface here
+
+    async def _pump(self, conn: Connection, body: AsyncGenerator[bytes, None], chunked: bool) -> None:
         transport = conn.transport
-        if transport is None or conn.closed:
-            raise UpstreamError("reset", sent=False)
-        if body is None or isinstance(body, bytes):
-            transport.write(head + body if body else head)
-            conn.request_sent = True
-            return
-        transport.write(head)
+        assert transport is not None
+        write_timeout = self.settings.timeouts.write
         async with contextlib.aclosing(body):
             async for chunk in body:
-                if conn.headers_done or conn.closed:
-                    return  # an early answer, or the upstream left: stop sending (rule 1 closes it after)
                 if chunk:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                if not conn.writable:
-                    await self._drain(conn)
-        if conn.closed:
-            return
+                if not conn.drained.is_set():
+                    try:
+                        async with asyncio.timeout(write_timeout):
+                            await conn.drained.wait()
+                    except TimeoutError:
+                        raise UpstreamError(
+                            "timeout", sent=True, detail="the upstream stopped reading the body"
+                        ) from None
+                if conn.closed:
+                    return
         if chunked:
             transport.write(b"0\r\n\r\n")
         conn.request_sent = True
-
-    async def _drain(self, conn: Connection) -> None:
-        """Wait until the upstream takes more of the body, or answers, or leaves; at most `timeouts.write`."""
-        deadline = time.monotonic() + self.settings.timeouts.write
-        while not conn.writable and not conn.headers_done and not conn.closed:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                await conn.wait(left)
-            except TimeoutError:
-                raise UpstreamError("timeout", sent=True, detail="the upstream stopped reading the body") from None
 
     async def _await_head(self, conn: Connection, deadline: float) -> None:
         read = self.settings.timeouts.read
@@ -202,9 +221,11 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS and conn.quiet():
-                self.in_use += 1
-                return conn
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+                if conn.quiet():
+                    self.in_use += 1
+                    return conn
+                self.on_close("stray_bytes")
             conn.close()
         if self.in_use >= self.settings.max_connections:
             waiter = asyncio.get_running_loop().create_future()
@@ -232,7 +253,7 @@ class Pool:
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(loop, self.settings),
+                    lambda: Connection(loop, self.settings, lambda: self.on_close("stray_bytes")),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -256,13 +277,15 @@ class Pool:
     def release(self, conn: Connection) -> None:
         """The exchange on `conn` is over: back to the pool if the reuse rules allow it, else closed."""
         self.in_use -= 1
-        reusable = conn.reusable() and not self.closed
+        reason = conn.unusable()
         conn.active = False
-        if reusable:
+        if not reason and not self.closed:
             conn.idle_since = time.monotonic()
             self.idle.append(conn)
         else:
             conn.close()
+            if reason:
+                self.on_close(reason)
         self._wake_one()
 
     def _wake_one(self) -> None:

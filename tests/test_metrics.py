@@ -36,6 +36,7 @@ def test_the_catalogue_announces_every_family_from_the_start() -> None:
         f"{P}_upstream_failures": "counter",
         f"{P}_aborted_requests": "counter",
         f"{P}_upstream_retries": "counter",
+        f"{P}_upstream_connections_closed": "counter",
         f"{P}_tokens_minted": "counter",
         f"{P}_token_cache_lookups": "counter",
         f"{P}_token_mint_failures": "counter",
