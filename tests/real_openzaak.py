@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import httpx
 import jwt
 import pytest
+from conftest import base_config
 from servers import ROOT, free_port, wait_until
 
 SCRIPT = ROOT / "scripts" / "openzaak"
@@ -92,7 +93,7 @@ class OpenZaak:
 def stand_up() -> OpenZaak:
     """`scripts/openzaak start`; skips (or fails under CI) with the reason when it cannot."""
     if not STATE.exists() or not json.loads(STATE.read_text()).get("installed"):
-        unavailable("Open Zaak is not installed: run `scripts/openzaak install` (about 2 minutes, once)")
+        unavailable("Open Zaak is not installed: run `scripts/openzaak install` (about 2.5 minutes, once)")
     try:
         result = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
@@ -140,8 +141,6 @@ def answers(url: str) -> bool:
 def gateway_config(openzaak: OpenZaak, upstream: str, mode: str) -> tuple[dict[str, Any], dict[str, str]]:
     """A gateway in front of Open Zaak at `upstream`, `rewrite` (rewrite_urls) or `public` (host: public), and
     the environment holding its callers' API keys and secrets."""
-    from conftest import base_config
-
     config = base_config(upstream)
     config["components"] = {}
     for name, prefix in COMPONENTS.items():
