@@ -69,115 +69,75 @@ def catalogue(api: httpx.Client, openzaak: OpenZaak) -> dict[str, Any]:
     resultaten = httpx.get(openzaak.selectielijst + "resultaten", params={"procesType": procestype}).json()
     resultaat = next(r for r in resultaten["results"] if r["procestermijn"] == "nihil")
     omschrijving = httpx.get(openzaak.selectielijst + "resultaattypeomschrijvingen").json()[0]["url"]
-    start = {"beginGeldigheid": "2024-01-01"}
+
+    def create(resource: str, **body: Any) -> dict[str, Any]:
+        return dict(ok(api.post(f"/catalogi/api/v1/{resource}", json=body), 201))
 
     c: dict[str, Any] = {}
     domein = "".join(random.choices(string.ascii_uppercase, k=5))  # unique per catalogus and rsin
-    c["catalogus"] = ok(
-        api.post(
-            "/catalogi/api/v1/catalogussen",
-            json={"domein": domein, "rsin": RSIN, "contactpersoonBeheerNaam": "Beheer"},
-        ),
-        201,
-    )
-    catalogus = c["catalogus"]["url"]
-    c["informatieobjecttype"] = ok(
-        api.post(
-            "/catalogi/api/v1/informatieobjecttypen",
-            json={
-                "catalogus": catalogus,
-                "omschrijving": "Aanvraag",
-                "vertrouwelijkheidaanduiding": "openbaar",
-                "informatieobjectcategorie": "Aanvraag",
-                **start,
-            },
-        ),
-        201,
+    c["catalogus"] = create("catalogussen", domein=domein, rsin=RSIN, contactpersoonBeheerNaam="Beheer")
+    catalogus, start = c["catalogus"]["url"], "2024-01-01"
+    c["informatieobjecttype"] = create(
+        "informatieobjecttypen",
+        catalogus=catalogus,
+        omschrijving="Aanvraag",
+        vertrouwelijkheidaanduiding="openbaar",
+        informatieobjectcategorie="Aanvraag",
+        beginGeldigheid=start,
     )
     iot = c["informatieobjecttype"]["url"]
     ok(api.post(iot + "/publish"))
-    c["besluittype"] = ok(
-        api.post(
-            "/catalogi/api/v1/besluittypen",
-            json={
-                "catalogus": catalogus,
-                "omschrijving": "Toekenning",
-                "publicatieIndicatie": False,
-                "informatieobjecttypen": [iot],
-                **start,
-            },
-        ),
-        201,
+    c["besluittype"] = create(
+        "besluittypen",
+        catalogus=catalogus,
+        omschrijving="Toekenning",
+        publicatieIndicatie=False,
+        informatieobjecttypen=[iot],
+        beginGeldigheid=start,
     )
-    c["zaaktype"] = ok(
-        api.post(
-            "/catalogi/api/v1/zaaktypen",
-            json={
-                "identificatie": "AANVRAAG",
-                "omschrijving": "Aanvraag",
-                "vertrouwelijkheidaanduiding": "openbaar",
-                "doel": "Een aanvraag behandelen",
-                "aanleiding": "Een aanvraag",
-                "indicatieInternOfExtern": "extern",
-                "handelingInitiator": "aanvragen",
-                "onderwerp": "Aanvraag",
-                "handelingBehandelaar": "behandelen",
-                "doorlooptijd": "P30D",
-                "opschortingEnAanhoudingMogelijk": False,
-                "verlengingMogelijk": False,
-                "publicatieIndicatie": False,
-                "productenOfDiensten": [],
-                "referentieproces": {"naam": "Aanvraag"},
-                "catalogus": catalogus,
-                "besluittypen": [c["besluittype"]["url"]],
-                "gerelateerdeZaaktypen": [],
-                "versiedatum": "2024-01-01",
-                "verantwoordelijke": RSIN,
-                "selectielijstProcestype": procestype,
-                **start,
-            },
-        ),
-        201,
+    c["zaaktype"] = create(
+        "zaaktypen",
+        identificatie="AANVRAAG",
+        omschrijving="Aanvraag",
+        vertrouwelijkheidaanduiding="openbaar",
+        doel="Een aanvraag behandelen",
+        aanleiding="Een aanvraag",
+        indicatieInternOfExtern="extern",
+        handelingInitiator="aanvragen",
+        onderwerp="Aanvraag",
+        handelingBehandelaar="behandelen",
+        doorlooptijd="P30D",
+        opschortingEnAanhoudingMogelijk=False,
+        verlengingMogelijk=False,
+        publicatieIndicatie=False,
+        productenOfDiensten=[],
+        referentieproces={"naam": "Aanvraag"},
+        catalogus=catalogus,
+        besluittypen=[c["besluittype"]["url"]],
+        gerelateerdeZaaktypen=[],
+        versiedatum=start,
+        verantwoordelijke=RSIN,
+        selectielijstProcestype=procestype,
+        beginGeldigheid=start,
     )
     zaaktype = c["zaaktype"]["url"]
-    ok(
-        api.post(
-            "/catalogi/api/v1/zaaktype-informatieobjecttypen",
-            json={"zaaktype": zaaktype, "informatieobjecttype": iot, "volgnummer": 1, "richting": "inkomend"},
-        ),
-        201,
+    create(
+        "zaaktype-informatieobjecttypen", zaaktype=zaaktype, informatieobjecttype=iot, volgnummer=1, richting="inkomend"
     )
     c["statustypen"] = [
-        ok(
-            api.post(
-                "/catalogi/api/v1/statustypen",
-                json={"zaaktype": zaaktype, "omschrijving": omschrijving_, "volgnummer": volgnummer},
-            ),
-            201,
-        )
-        for volgnummer, omschrijving_ in enumerate(["Ontvangen", "Afgehandeld"], start=1)
+        create("statustypen", zaaktype=zaaktype, omschrijving=name, volgnummer=number)
+        for number, name in enumerate(["Ontvangen", "Afgehandeld"], start=1)
     ]
-    c["roltype"] = ok(
-        api.post(
-            "/catalogi/api/v1/roltypen",
-            json={"zaaktype": zaaktype, "omschrijving": "Aanvrager", "omschrijvingGeneriek": "initiator"},
-        ),
-        201,
-    )
-    c["resultaattype"] = ok(
-        api.post(
-            "/catalogi/api/v1/resultaattypen",
-            json={
-                "zaaktype": zaaktype,
-                "omschrijving": "Toegekend",
-                "resultaattypeomschrijving": omschrijving,
-                "selectielijstklasse": resultaat["url"],
-                "archiefnominatie": "vernietigen",
-                "archiefactietermijn": "P10Y",
-                "brondatumArchiefprocedure": {"afleidingswijze": "afgehandeld"},
-            },
-        ),
-        201,
+    c["roltype"] = create("roltypen", zaaktype=zaaktype, omschrijving="Aanvrager", omschrijvingGeneriek="initiator")
+    c["resultaattype"] = create(
+        "resultaattypen",
+        zaaktype=zaaktype,
+        omschrijving="Toegekend",
+        resultaattypeomschrijving=omschrijving,
+        selectielijstklasse=resultaat["url"],
+        archiefnominatie="vernietigen",
+        archiefactietermijn="P10Y",
+        brondatumArchiefprocedure={"afleidingswijze": "afgehandeld"},
     )
     ok(api.post(c["besluittype"]["url"] + "/publish"))
     c["published"] = ok(api.post(zaaktype + "/publish"))
