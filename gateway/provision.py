@@ -156,7 +156,7 @@ def plan(
         if not candidates:
             creates.append(Change("create", w, None))
             continue
-        best = max(candidates, key=lambda i: (len(have[i].client_ids & w.client_ids), -i))
+        best = max(candidates, key=lambda i: (len(have[i].client_ids & w.client_ids), have[i].label == w.label, -i))
         matched.add(best)
         if not have[best].same_as(w):
             updates.append(Change("update", w, have[best]))

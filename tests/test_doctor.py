@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trustme
 import yaml
-from conftest import CLIENT_ID, GATEWAY_ENV, OTHER_CLIENT_ID, SECRET, SANDBOX_CLIENTS, base_config
+from conftest import CLIENT_ID, GATEWAY_ENV, OTHER_CLIENT_ID, SANDBOX_CLIENTS, SECRET, base_config
 from servers import ThreadServer, free_port
 
 from gateway import doctor
