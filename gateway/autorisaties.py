@@ -157,5 +157,5 @@ def provision(
             if apply:
                 lines += client.apply(todo)
         changes += todo
-    lines.append(summary(changes) if not apply or not changes else summary(changes).replace("Plan:", "Applied:"))
+    lines.append(summary(changes, applied=apply))
     return lines

@@ -114,6 +114,7 @@ def probes(config: Config) -> list[Probe]:
 
 def _fix(result: str, probe: Probe) -> str:
     where = probe.component if probe.which == "admin" else f"components.{probe.component}"
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(probe.url)) if probe.url else ""
     fixes = {
         "ok": "",
         "secret mismatch": f"{probe.secret.describe()} is not the secret registered for {{client_id}}: "
@@ -121,7 +122,7 @@ def _fix(result: str, probe: Probe) -> str:
         "unknown client": f"the upstream knows no secret for {{client_id}}; {REGISTER}",
         "no rights": probe.rights_fix,
         "clock": "the upstream finds the token expired: sync this host's clock (NTP) or lower token.clock_skew",
-        "not reachable": f"check {where} (its URL) and the network path from here",
+        "not reachable": f"check {where} ({origin}) and the network path from here to it",
         "TLS": f"trust the upstream's certificate authority with {where}.tls.ca_file, or fix its certificate",
         "CRS": f"set components.{probe.component}.crs: EPSG:4326 (the upstream demands CRS headers)",
         "timeout": f"the upstream did not answer in time; check its health and {where}.timeouts",

@@ -221,8 +221,10 @@ def render(api_name: str, url: str, changes: list[Change]) -> list[str]:
     return lines
 
 
-def summary(changes: list[Change]) -> str:
-    count = {a: sum(c.action == a for c in changes) for a in ("create", "update", "delete")}
-    if not any(count.values()):
+def summary(changes: list[Change], applied: bool = False) -> str:
+    n = {a: sum(c.action == a for c in changes) for a in ("create", "update", "delete")}
+    if not any(n.values()):
         return "No changes: the Autorisaties APIs match the config."
-    return f"Plan: {count['create']} to create, {count['update']} to update, {count['delete']} to delete."
+    if applied:
+        return f"Applied: {n['create']} created, {n['update']} updated, {n['delete']} deleted."
+    return f"Plan: {n['create']} to create, {n['update']} to update, {n['delete']} to delete."
