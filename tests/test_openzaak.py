@@ -45,9 +45,9 @@ def openzaak() -> Iterator[OpenZaak]:
 
 
 @pytest.fixture(scope="module", params=["rewrite", "public"])
-def gw(request: pytest.FixtureRequest, openzaak: OpenZaak, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    GatewayProcess
-]:
+def gw(
+    request: pytest.FixtureRequest, openzaak: OpenZaak, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     config, env = gateway_config(openzaak, openzaak.url, request.param)
     gateway = GatewayProcess(config, tmp_path_factory.mktemp(f"gw-{request.param}"), env=env).start()
     yield gateway
@@ -311,7 +311,9 @@ def test_a_40_mib_document_travels_in_bestandsdelen_and_joins_the_zaak(
         assert hashlib.sha256(direct.get(path).content).hexdigest() == expected
 
     relation = ok(
-        api.post("/zaken/api/v1/zaakinformatieobjecten", json={"zaak": zaak["url"], "informatieobject": created["url"]}),
+        api.post(
+            "/zaken/api/v1/zaakinformatieobjecten", json={"zaak": zaak["url"], "informatieobject": created["url"]}
+        ),
         201,
     )
     assert relation["informatieobject"] == created["url"]
