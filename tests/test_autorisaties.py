@@ -139,11 +139,12 @@ def test_the_admin_token_never_leaves_the_apis_host(fake: tuple[FakeAutorisaties
 
 def test_a_wrong_admin_secret_is_named_without_the_secret(fake: tuple[FakeAutorisaties, str]) -> None:
     _, url = fake
+    wrong = "wrong-admin-secret-of-at-least-32-bytes"
     with pytest.raises(ProvisionError) as info:
-        provision(parse(config_for(url)), None, apply=False, prune=False, environ={"ADMIN_SECRET": "wrong-admin-secret-of-at-least-32-bytes"})
+        provision(parse(config_for(url)), None, apply=False, prune=False, environ={"ADMIN_SECRET": wrong})
     message = str(info.value)
     assert message.startswith("autorisaties_apis.fake: GET /autorisaties/api/v1/applicaties: answered 403")
-    assert "secret mismatch for the admin client" in message and "wrong-admin-secret-of-at-least-32-bytes" not in message
+    assert "secret mismatch for the admin client" in message and wrong not in message
 
 
 def run(tmp_path: Path, data: dict[str, Any], *args: str) -> int:
