@@ -5,6 +5,7 @@ test_openzaak_provision.py."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,15 @@ def test_the_command_prints_a_table_and_exits_1_on_a_fault(
     rows = json.loads(out)
     assert [r["result"] for r in rows if not r["ok"]] == ["secret mismatch"] * 3
     assert SECRET not in out and "wrong-secret-for-the-test-of-32-bytes" not in out and "Bearer" not in out
+
+
+def test_an_upstream_that_never_answers_is_a_timeout(sandbox: str) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config = base_config(sandbox)
+        config["components"]["catalogi"]["upstream"] = f"http://127.0.0.1:{silent.getsockname()[1]}/catalogi/api/v1"
+        config["components"]["catalogi"]["timeouts"] = {"read": 0.5}
+        check = checks_of(config)["legacy-dms", "catalogi", "current"]
+    assert (check.result, check.detail) == ("timeout", "no answer in time (ReadTimeout)")
+    assert "components.catalogi.timeouts" in check.fix

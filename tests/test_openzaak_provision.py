@@ -210,6 +210,7 @@ def gateway_for() -> Iterator[Callable[[Setup], GatewayProcess]]:
         gw.stop()
 
 
+@pytest.mark.timeout(400)  # Open Zaak's setup_configuration starts Django each time
 def test_provision_from_an_empty_autorisaties_api_then_no_changes_then_calls_work(
     setup: Setup, gateway_for: Callable[[Setup], GatewayProcess]
 ) -> None:
@@ -243,6 +244,7 @@ def test_provision_from_an_empty_autorisaties_api_then_no_changes_then_calls_wor
         assert response.status_code == 200, (path, response.text)
 
 
+@pytest.mark.timeout(400)  # Open Zaak's setup_configuration starts Django each time
 def test_doctor_names_each_fault(setup: Setup) -> None:
     setup.register_secrets()
     setup.cli("provision", "--apply")
@@ -280,6 +282,7 @@ def test_doctor_names_each_fault(setup: Setup) -> None:
         assert secret not in result.stdout + result.stderr + rights
 
 
+@pytest.mark.timeout(400)  # Open Zaak's setup_configuration starts Django each time
 def test_rotation_under_load_has_no_failed_request(
     setup: Setup, gateway_for: Callable[[Setup], GatewayProcess]
 ) -> None:
