@@ -246,7 +246,7 @@ def test_crs_headers_are_enforced_on_zaken(serve: Callable[..., httpx.Client]) -
         assert (response.status_code, response.json()["code"]) == (status, code), (method, url, crs)
         if detail is not None:
             assert response.json()["detail"] == detail
-        assert "content-crs" not in response.headers
+        assert response.headers["content-crs"] == "EPSG:4326"  # Open Zaak sends it on errors too
 
     # Open Zaak does not demand Content-Crs on reads, whatever the specs say.
     read = client.get(path, headers={**bearer(), "Accept-Crs": "EPSG:4326", "Host": HOST})
@@ -392,14 +392,20 @@ def test_audittrail_records_the_user_of_each_token(serve: Callable[..., httpx.Cl
     headers = {**bob, **CRS, "Host": HOST, "X-Audit-Toelichting": "correctie"}
     client.patch(f"/zaken/api/v1/zaken/{zaak['uuid']}", json={"omschrijving": "x"}, headers=headers)
     trail = client.get(f"/zaken/api/v1/zaken/{zaak['uuid']}/audittrail", headers={**alice, "Host": HOST}).json()
-    assert [(e["actie"], e["applicatieId"], e["gebruikersId"], e["gebruikersWeergave"]) for e in trail] == [
+    assert [(e["actie"], e["applicatieWeergave"], e["gebruikersId"], e["gebruikersWeergave"]) for e in trail] == [
         ("create", CLIENT, "alice", "Alice A."),
         ("partial_update", OTHER, "bob", ""),
     ]
+    # As in Open Zaak: the Applicatie's UUID (not the client_id), the component in capitals, bron - identificatie.
+    assert trail[0]["applicatieId"] != trail[1]["applicatieId"]
+    assert all(re.fullmatch(r"[0-9a-f-]{36}", e["applicatieId"]) for e in trail)
+    assert trail[0]["bron"] == "ZRC"
+    assert trail[0]["resourceWeergave"] == f"{RSIN} - {zaak['identificatie']}"
     assert trail[1]["toelichting"] == "correctie"
     assert trail[1]["wijzigingen"]["nieuw"]["omschrijving"] == "x"
     assert trail[1]["hoofdObject"] == zaak["url"]
-    validate("zaken-1.5.1", "AuditTrail", trail[1])
+    # Open Zaak writes `bron` in capitals, outside the enum of its own document; the rest validates.
+    validate("zaken-1.5.1", "AuditTrail", trail[1] | {"bron": "zrc"})
 
 
 def test_documents_download_with_headers_and_etag(serve: Callable[..., httpx.Client]) -> None:
@@ -420,21 +426,22 @@ def test_documents_download_with_headers_and_etag(serve: Callable[..., httpx.Cli
     created = client.post("/documenten/api/v1/enkelvoudiginformatieobjecten", json=document, headers=headers)
     assert created.status_code == 201, created.text
     body = created.json()
-    validate("documenten-1.5.0", "EnkelvoudigInformatieObjectCreateLock", body)
+    validate("documenten-1.4.2", "EnkelvoudigInformatieObjectCreateLock", body)
     assert created.headers["location"] == body["url"]
     assert body["inhoud"] == f"{body['url']}/download?versie=1"
     assert body["inhoud"].startswith(f"http://{HOST}/documenten/api/v1/enkelvoudiginformatieobjecten/")
     assert body["bestandsomvang"] == len(content)
     read = client.get(local(body["url"]), headers=headers)
-    validate("documenten-1.5.0", "EnkelvoudigInformatieObject", read.json())
-    assert read.headers["api-version"] == "1.5.0"
+    validate("documenten-1.4.2", "EnkelvoudigInformatieObject", read.json())
+    assert read.headers["api-version"] == "1.4.2"
 
     download = client.get(local(body["inhoud"]), headers=headers)
     assert download.status_code == 200
     assert download.content == content
     assert download.headers["content-type"] == "application/octet-stream"
     assert download.headers["content-length"] == str(len(content))
-    assert download.headers["content-disposition"] == 'attachment; filename="brief.pdf"'
+    # Named after the stored file, as Open Zaak does, not after bestandsnaam.
+    assert re.fullmatch(r'attachment; filename="[0-9a-f-]{36}\.bin"', download.headers["content-disposition"])
     etag = download.headers["etag"]
     cached = client.get(local(body["inhoud"]), headers={**headers, "If-None-Match": etag})
     assert (cached.status_code, cached.content, cached.headers["etag"]) == (304, b"", etag)
@@ -466,7 +473,7 @@ def test_document_validation(serve: Callable[..., httpx.Client]) -> None:
 def test_paths_roots_and_methods(serve: Callable[..., httpx.Client]) -> None:
     client = serve()
     headers = {**bearer(), **CRS, "Host": HOST}
-    roots = {"/catalogi/api/v1/": "1.3.1", "/zaken/api/v1/": "1.5.1", "/documenten/api/v1/": "1.5.0"}
+    roots = {"/catalogi/api/v1/": "1.3.1", "/zaken/api/v1/": "1.5.1", "/documenten/api/v1/": "1.4.2"}
     for root, version in roots.items():
         response = client.get(root, headers=headers)
         assert (response.status_code, response.headers["api-version"]) == (200, version)
@@ -474,6 +481,8 @@ def test_paths_roots_and_methods(serve: Callable[..., httpx.Client]) -> None:
     for wrong in ("/zaken/api/v1/zaken/", "/catalogi/api/v1/zaaktypen/", "/zaken/api/v1", "/zaken/api/v1/zaken/123"):
         response = client.get(wrong, headers=headers, follow_redirects=False)
         assert response.status_code == 404, wrong
+        if not wrong.endswith("/123"):  # no route: Django's HTML page, not a problem
+            assert response.headers["content-type"].startswith("text/html"), wrong
     not_allowed = client.delete("/catalogi/api/v1/zaaktypen", headers=headers)
     assert (not_allowed.status_code, not_allowed.json()["code"]) == (405, "method_not_allowed")
 
@@ -534,3 +543,53 @@ def test_module_serves_clients_from_arguments_and_environment(sandbox_process: t
     text = "".join(output)
     assert CLIENT in text and OTHER in text
     assert SECRET not in text and OTHER_SECRET not in text
+
+
+def test_media_types_are_negotiated_first_and_download_errors_are_binary(serve: Callable[..., httpx.Client]) -> None:
+    """As Open Zaak renders them: a 406 for an Accept the view cannot render comes before authentication, and
+    the download route answers its errors with its binary renderer (no JSON, no `code`)."""
+    client = serve()
+    headers = {**bearer(), "Host": HOST}
+    problem_json = {"Accept": "application/problem+json"}
+    refused = client.get("/catalogi/api/v1/catalogussen", headers=problem_json)  # no token either
+    assert (refused.status_code, refused.json()["code"]) == (406, "not_acceptable")
+    assert (
+        client.get("/catalogi/api/v1/catalogussen", headers={**headers, "Accept": "application/*"}).status_code == 200
+    )
+
+    document = {
+        "bronorganisatie": RSIN,
+        "creatiedatum": "2024-05-01",
+        "titel": "t",
+        "auteur": "a",
+        "taal": "nld",
+        "informatieobjecttype": iotype_url(),
+        "inhoud": base64.b64encode(b"inhoud").decode(),
+    }
+    created = client.post("/documenten/api/v1/enkelvoudiginformatieobjecten", json=document, headers=headers).json()
+    download = local(created["inhoud"])
+    binary = (b"application/octet-stream", "application/octet-stream")
+    for status, extra in [
+        (403, {"Authorization": "Bearer garbage"}),
+        (406, {"Accept": "application/json"}),
+        (404, {}),
+    ]:
+        path = download.replace("versie=1", "versie=2") if status == 404 else download
+        answer = client.get(path, headers={**headers, **extra})
+        assert (answer.status_code, (answer.content, answer.headers["content-type"])) == (status, binary)
+    assert client.get(download, headers=headers).content == b"inhoud"
+
+
+def test_detail_reads_carry_an_etag_and_answer_304(serve: Callable[..., httpx.Client]) -> None:
+    client = serve()
+    zaak = create_zaak(client)
+    headers = {**bearer(), **CRS, "Host": HOST}
+    read = client.get(local(zaak["url"]), headers=headers)
+    etag = read.headers["etag"]
+    cached = client.get(local(zaak["url"]), headers={**headers, "If-None-Match": etag})
+    assert (cached.status_code, cached.content, cached.headers["etag"]) == (304, b"", etag)
+    client.patch(local(zaak["url"]), json={"omschrijving": "gewijzigd"}, headers=headers)
+    changed = client.get(local(zaak["url"]), headers={**headers, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    catalogus = client.get(f"/catalogi/api/v1/catalogussen/{CATALOGUS_UUID}", headers=headers)
+    assert catalogus.headers["etag"]

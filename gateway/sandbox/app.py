@@ -110,14 +110,11 @@ def create_sandbox_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        if status == 405:
-            error = Problem(
-                405, "MethodNotAllowed", "method_not_allowed", f'Methode "{request.method}" niet toegestaan.'
-            )
-        else:
-            error = Problem.not_found()
-        headers = getattr(exc, "headers", None)
-        return problem_response(api.base(request), error, headers=headers)
+        if status != 405:
+            # A path no API route matches gets Django's HTML page, not a problem (a wrong trailing slash too).
+            return HTMLResponse("<h1>Not Found</h1><p>The requested resource was not found on this server.</p>", 404)
+        error = Problem(405, "MethodNotAllowed", "method_not_allowed", f'Methode "{request.method}" niet toegestaan.')
+        return problem_response(api.base(request), error, headers=getattr(exc, "headers", None))
 
     routes = [
         *catalogi.routes(),

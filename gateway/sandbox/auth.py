@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 
 BEARER_PREFIX = "Bearer "
+INVALID = "JWT is niet valide"  # Open Zaak's detail for every error PyJWT raises
 MAX_USER_CLAIM_LENGTH = 255
 
 
@@ -71,12 +72,12 @@ class Authenticator:
     def authenticate(self, authorization: str | None) -> Identity:
         token = bearer_token(authorization)
         if token is None:
-            raise AuthError("permission_denied", "Authenticatiegegevens zijn niet opgegeven.")
+            raise AuthError("permission_denied", "Je hebt geen toestemming om deze actie uit te voeren.")
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.DecodeError:
             raise AuthError(
-                "jwt-decode-error", "JWT could not be decoded. Possibly you made a copy-paste mistake."
+                "jwt-decode-error", "Het JWT kon niet gedecodeerd worden. Mogelijks heb je een copy-paste fout gemaakt"
             ) from None
         if "client_id" not in unverified:
             raise AuthError("missing-client-identifier", "Client identifier is niet aanwezig in JWT")
@@ -106,21 +107,21 @@ class Authenticator:
         except jwt.InvalidSignatureError:
             raise AuthError("invalid-jwt-signature", "Client credentials zijn niet geldig") from None
         except jwt.PyJWTError as exc:
-            raise AuthError(pyjwt_code(type(exc)), str(exc)) from None
+            raise AuthError(pyjwt_code(type(exc)), INVALID) from None
 
     def _check_times(self, payload: dict[str, Any]) -> None:
         now = self._clock()
         # PyJWT's own checks, with the injected clock; an iat in the future is accepted (Open Zaak >= 1.22).
         iat = _as_int(payload["iat"], jwt.InvalidIssuedAtError) if "iat" in payload else None
         if "nbf" in payload and _as_int(payload["nbf"], jwt.DecodeError) > now + self._leeway:
-            raise AuthError(pyjwt_code(jwt.ImmatureSignatureError), "The token is not yet valid (nbf)")
+            raise AuthError(pyjwt_code(jwt.ImmatureSignatureError), INVALID)
         if "exp" in payload and _as_int(payload["exp"], jwt.DecodeError) <= now - self._leeway:
-            raise AuthError(pyjwt_code(jwt.ExpiredSignatureError), "Signature has expired")
+            raise AuthError(pyjwt_code(jwt.ExpiredSignatureError), INVALID)
         # vng_api_common.permissions.check_jwt_expiry
         if iat is None:
-            raise AuthError("jwt-missing-iat-claim", "The JWT is mising the 'iat' claim.")
+            raise AuthError("jwt-missing-iat-claim", "Missing required iat claim")
         if now - iat >= self._expiry + self._leeway:
-            raise AuthError("jwt-expired", "The JWT used for this request is expired")
+            raise AuthError("jwt-expired", "De JWT die gebruikt is voor dit verzoek is verlopen")
 
     @staticmethod
     def _user_claim(payload: dict[str, Any], name: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.sandbox.web import Api, Call, Local, Problem, endpoint, render
+from gateway.sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, render
 
 VERSION = "1.3.1"
 PREFIX = "/catalogi/api/v1"
@@ -75,6 +75,6 @@ class Catalogi:
             item = self.data[collection].get(call.request.path_params["uuid"])
             if item is None:
                 raise Problem.not_found()
-            return JSONResponse(render(item, call.base))
+            return detail_response(call, render(item, call.base))
 
         return handle

@@ -7,16 +7,15 @@ import binascii
 import hashlib
 import uuid
 from typing import Any
-from urllib.parse import quote
 
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.sandbox import catalogi
-from gateway.sandbox.web import Api, Call, Local, Problem, endpoint, param, render
+from gateway.sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, etag_matches, param, render
 from gateway.sandbox.zaken import VERTROUWELIJKHEID, is_date, rsin_error
 
-VERSION = "1.5.0"
+VERSION = "1.4.2"  # Open Zaak 1.30's Documenten API
 PREFIX = "/documenten/api/v1"
 COLLECTION = f"{PREFIX}/enkelvoudiginformatieobjecten"
 TEXTS = {"titel": (1, 200), "auteur": (1, 200), "taal": (3, 3), "identificatie": (0, 40)}
@@ -25,25 +24,14 @@ READ_ONLY = ("versie", "locked", "bestandsdelen", "inhoud", "bestandsomvang")
 OPTIONAL_TEXTS = {"bestandsnaam": 255, "formaat": 255, "beschrijving": 1000}
 
 
-def content_disposition(filename: str) -> str:
-    # django.utils.http.content_disposition_header: RFC 6266 filename* only when not plain ASCII.
-    if filename.isascii() and '"' not in filename and "\\" not in filename:
-        return f'attachment; filename="{filename}"'
-    return f"attachment; filename*=utf-8''{quote(filename)}"
-
-
-def etag_matches(header: str, etag: str) -> bool:
-    """RFC 9110 If-None-Match: weak comparison, `*` matches any current representation."""
-    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
-    return "*" in candidates or etag in candidates
-
-
 class Documenten:
     def __init__(self, api: Api, catalogus: catalogi.Catalogi) -> None:
         self.api = api
         self.catalogi = catalogus
         self.objects: dict[uuid.UUID, dict[str, Any]] = {}
         self.contents: dict[uuid.UUID, bytes | None] = {}
+        # Open Zaak's download is named after the stored file, `<uuid>.bin`, not after `bestandsnaam`.
+        self.stored_names: dict[uuid.UUID, str] = {}
 
     def routes(self) -> list[Route]:
         def route(path: str, handler: Any, methods: list[str]) -> Route:
@@ -54,7 +42,11 @@ class Documenten:
             route("/enkelvoudiginformatieobjecten", self.list, ["GET"]),
             route("/enkelvoudiginformatieobjecten", self.create, ["POST"]),
             route("/enkelvoudiginformatieobjecten/{uuid:uuid}", self.read, ["GET"]),
-            route("/enkelvoudiginformatieobjecten/{uuid:uuid}/download", self.download, ["GET"]),
+            Route(
+                f"{COLLECTION}/{{uuid:uuid}}/download",
+                endpoint(self.api, VERSION, self.download, binary=True),
+                methods=["GET"],
+            ),
         ]
 
     async def root(self, call: Call) -> Response:
@@ -74,7 +66,7 @@ class Documenten:
         return JSONResponse(self.api.paginate(call, items))
 
     async def read(self, call: Call) -> Response:
-        return JSONResponse(render(self.find(call)[1], call.base))
+        return detail_response(call, render(self.find(call)[1], call.base))
 
     async def create(self, call: Call) -> Response:
         body = await call.json()
@@ -97,6 +89,7 @@ class Documenten:
             "bestandsomvang": len(content) if content is not None else None,
         }
         self.contents[key] = content
+        self.stored_names[key] = f"{uuid.uuid4()}.bin"
         headers = {"Location": call.url(record["url"])}
         return JSONResponse(render(record, call.base) | {"lock": ""}, status_code=201, headers=headers)
 
@@ -137,7 +130,7 @@ class Documenten:
         return fields, content
 
     async def download(self, call: Call) -> Response:
-        key, record = self.find(call)
+        key, _ = self.find(call)
         versie = call.request.query_params.get("versie", "1")
         if versie != "1":
             raise Problem.not_found()
@@ -148,5 +141,5 @@ class Documenten:
         headers = {"ETag": etag}
         if etag_matches(call.request.headers.get("if-none-match", ""), etag):
             return Response(status_code=304, headers=headers)
-        headers["Content-Disposition"] = content_disposition(record["bestandsnaam"] or str(key))
+        headers["Content-Disposition"] = f'attachment; filename="{self.stored_names[key]}"'
         return Response(content, media_type="application/octet-stream", headers=headers)

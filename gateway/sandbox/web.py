@@ -1,12 +1,14 @@
 """How does the sandbox answer like Open Zaak? Problem bodies, absolute URLs, CRS headers, pagination.
 
-Every ZGW endpoint goes through `endpoint()`: authenticate, check CRS, run the handler, stamp `API-version`.
+Every ZGW endpoint goes through `endpoint()`: negotiate the media type, authenticate, check CRS, run the
+handler, stamp `API-version` (and `Content-Crs` on the Zaken API, errors included).
 Stored records hold `Local` paths instead of URLs; `render()` turns them into absolute URLs built from the
 scheme and Host of the current request, which is how Open Zaak's serializers behave.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,13 +27,13 @@ CRS = "EPSG:4326"
 _HOST_RE = re.compile(r"^([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(:[0-9]+)?$")  # django.http.request
 
 TITLES = {
-    "PermissionDenied": "U heeft geen toestemming om deze actie uit te voeren.",
+    "PermissionDenied": "Je hebt geen toestemming om deze actie uit te voeren.",
     "NotFound": "Niet gevonden.",
     "ValidationError": "Ongeldige invoer.",
-    "PreconditionFailed": "Precondition failed",
+    "PreconditionFailed": "Voorwaarde is niet vervuld",
     "NotAcceptable": "Kan niet voldoen aan de opgegeven Accept header.",
     "MethodNotAllowed": "Methode niet toegestaan.",
-    "ParseError": "Misvormd verzoek.",
+    "ParseError": "Ongeldig samengestelde request.",
 }
 
 
@@ -60,7 +62,7 @@ class Problem(Exception):
 
     @classmethod
     def invalid(cls, params: list[dict[str, str]]) -> Problem:
-        return cls(400, "ValidationError", "invalid", "", params)
+        return cls(400, "ValidationError", "invalid", "Ongeldige invoer.", params)
 
 
 def param(name: str, code: str, reason: str) -> dict[str, str]:
@@ -113,6 +115,36 @@ def render(value: Any, base: str) -> Any:
     return value
 
 
+def etag_matches(header: str, etag: str) -> bool:
+    """RFC 9110 If-None-Match: weak comparison, `*` matches any current representation."""
+    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def detail_response(call: Call, body: Any) -> Response:
+    """One resource, with an ETag as Open Zaak sends on every detail read; a matching If-None-Match gets 304."""
+    response = JSONResponse(body)
+    etag = f'"{hashlib.md5(response.body, usedforsecurity=False).hexdigest()}"'
+    if etag_matches(call.request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return response
+
+
+def accepts(accept: str | None, media_type: str) -> bool:
+    """DRF's content negotiation: does the Accept header admit `media_type` (the only one the view renders)?"""
+    if not accept:
+        return True
+    kind = media_type.split("/", 1)[0]
+    for item in accept.split(","):
+        wanted, *params = (part.strip() for part in item.split(";"))
+        if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+            continue
+        if wanted in ("*/*", f"{kind}/*", media_type):
+            return True
+    return False
+
+
 def problem_response(base: str, exc: Problem, headers: Mapping[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {
         "type": f"{base}/ref/fouten/{exc.exception}/",
@@ -154,7 +186,7 @@ class Call:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise Problem.invalid([param(name, "bad-url", "De URL is ongeldig.")])
         if f"{parts.scheme}://{parts.netloc}" != self.base:
-            raise Problem.invalid([param(name, "unknown-service", "De service voor deze URL is niet geconfigureerd.")])
+            raise Problem.invalid([param(name, "unknown-service", "De service voor deze URL is niet bekend.")])
         head, _, tail = parts.path.rpartition("/")
         try:
             key = uuid.UUID(tail)
@@ -219,21 +251,37 @@ def check_crs(request: Request) -> None:
             raise Problem(406, "NotAcceptable", "not_acceptable", f"CRS '{value}' is niet ondersteund")
 
 
-def endpoint(api: Api, version: str, handler: Handler, *, crs: bool = False) -> Callable[[Request], Any]:
+def binary_problem(exc: Problem) -> Response:
+    # Open Zaak renders errors of its download route with the binary renderer, which writes its own media type
+    # as the body: no JSON, no `code`.
+    return Response(b"application/octet-stream", status_code=exc.status, media_type="application/octet-stream")
+
+
+def endpoint(
+    api: Api, version: str, handler: Handler, *, crs: bool = False, binary: bool = False
+) -> Callable[[Request], Any]:
+    """`binary`: the handler answers application/octet-stream, and so do its errors."""
+    media_type = "application/octet-stream" if binary else "application/json"
+
     async def run(request: Request) -> Response:
         base = api.base(request)
         try:
-            identity = api.auth.authenticate(request.headers.get("authorization"))
+            # DRF negotiates the media type before it authenticates.
+            if not accepts(request.headers.get("accept"), media_type):
+                detail = TITLES["NotAcceptable"]
+                raise Problem(406, "NotAcceptable", "not_acceptable", detail)
+            try:
+                identity = api.auth.authenticate(request.headers.get("authorization"))
+            except AuthError as exc:
+                raise Problem(403, "PermissionDenied", exc.code, exc.detail) from None
             if crs:
                 check_crs(request)
             now = datetime.fromtimestamp(api.clock(), tz=UTC)
             response = await handler(Call(request, identity, base, now))
-            if crs and response.status_code < 400:
-                response.headers["Content-Crs"] = CRS
-        except AuthError as exc:
-            response = problem_response(base, Problem(403, "PermissionDenied", exc.code, exc.detail))
         except Problem as exc:
-            response = problem_response(base, exc)
+            response = binary_problem(exc) if binary else problem_response(base, exc)
+        if crs:
+            response.headers["Content-Crs"] = CRS  # on errors too, as Open Zaak's Zaken viewsets do
         response.headers["API-version"] = version
         return response
 

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.sandbox import catalogi
-from gateway.sandbox.web import Api, Call, Local, Problem, endpoint, param, render
+from gateway.sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, param, render
 
 VERSION = "1.5.1"
 PREFIX = "/zaken/api/v1"
@@ -50,6 +50,10 @@ def rsin_error(value: Any) -> str | None:
         return "invalid-length"
     total = sum(int(digit) * weight for digit, weight in zip(value[:8], range(9, 1, -1), strict=True))
     return None if (total - int(value[8])) % 11 == 0 else "invalid"
+
+
+def timestamp(call: Call) -> str:
+    return call.now.isoformat().replace("+00:00", "Z")
 
 
 def is_date(value: Any) -> bool:
@@ -120,7 +124,7 @@ class Zaken:
         return JSONResponse(self.api.paginate(call, self.matching(call, body)))
 
     async def read(self, call: Call) -> Response:
-        return JSONResponse(render(self.find(call)[1], call.base))
+        return detail_response(call, render(self.find(call)[1], call.base))
 
     async def create(self, call: Call) -> Response:
         fields = self.validate(call, await call.json(), existing=None, partial=False)
@@ -129,7 +133,7 @@ class Zaken:
             self.sequence += 1
             fields["identificatie"] = f"ZAAK-{call.now.year}-{self.sequence:010d}"
         zaaktype = self.catalogi.data["zaaktypen"][uuid.UUID(fields["zaaktype"].rsplit("/", 1)[1])]
-        zaak = self.blank(key, call) | fields
+        zaak = self.blank(key, call) | fields | {"laatstGemuteerd": timestamp(call)}
         zaak.setdefault("vertrouwelijkheidaanduiding", zaaktype["vertrouwelijkheidaanduiding"])
         self.zaken[key] = zaak
         self.audit[key] = []
@@ -141,7 +145,7 @@ class Zaken:
         key, old = self.find(call)
         partial = call.request.method == "PATCH"
         fields = self.validate(call, await call.json(), existing=old, partial=partial)
-        self.zaken[key] = new = old | fields
+        self.zaken[key] = new = old | fields | {"laatstGemuteerd": timestamp(call)}
         self.record(call, key, old, new)
         return JSONResponse(render(new, call.base))
 
@@ -200,14 +204,17 @@ class Zaken:
         return fields
 
     def record(self, call: Call, key: uuid.UUID, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-        """An audit trail entry, carrying the user claims of the token that made the change."""
+        """An audit trail entry, carrying the user claims of the token that made the change.
+
+        Open Zaak names the Applicatie (its UUID and label), not the client_id; the sandbox has no Applicaties,
+        so a UUID derived from the client_id and the client_id as label stand in."""
         actie, weergave, status = ACTIONS[call.request.method]
         url = call.url(new["url"])
         self.audit[key].append(
             {
                 "uuid": str(uuid.uuid4()),
-                "bron": "zrc",
-                "applicatieId": call.identity.client_id,
+                "bron": "ZRC",
+                "applicatieId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{call.identity.client_id}")),
                 "applicatieWeergave": call.identity.client_id,
                 "gebruikersId": call.identity.user_id,
                 "gebruikersWeergave": call.identity.user_representation,
@@ -218,8 +225,8 @@ class Zaken:
                 "resource": "zaak",
                 "resourceUrl": url,
                 "toelichting": call.request.headers.get("x-audit-toelichting", ""),
-                "resourceWeergave": new["identificatie"],
-                "aanmaakdatum": call.now.isoformat().replace("+00:00", "Z"),
+                "resourceWeergave": f"{new['bronorganisatie']} - {new['identificatie']}",
+                "aanmaakdatum": timestamp(call),
                 "wijzigingen": {
                     "oud": render(old, call.base) if old is not None else None,
                     "nieuw": render(new, call.base),
