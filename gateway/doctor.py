@@ -79,34 +79,38 @@ def probes(config: Config) -> list[Probe]:
             comp = config.components[name]
             creds = caller.credentials.get(name) or caller
             key = f"callers[{i}]" + (f".credentials.{name}" if name in caller.credentials else "")
-            timeout = httpx.Timeout(
-                connect=comp.timeouts.connect, read=min(comp.timeouts.read, 30.0), write=30.0, pool=5.0
-            )
-            rights = f"grant {{client_id}} rights on {name}: {key}.autorisaties, then zgw-gateway provision --apply"
             pairs = [("current", creds.client_id, creds.secret)]
             if creds.next is not None:
                 pairs.append(("next", creds.next.client_id, creds.next.secret))
-            for which, client_id, secret in pairs:
-                url = resource_url(name, comp.upstream)
-                found.append(
-                    Probe(
-                        caller.name, name, client_id, which, secret, url, comp.crs == ZGW_CRS, comp.tls, timeout, rights
-                    )
+            found += [
+                Probe(
+                    caller=caller.name,
+                    component=name,
+                    client_id=client_id,
+                    which=which,
+                    secret=secret,
+                    url=resource_url(name, comp.upstream),
+                    crs=comp.crs == ZGW_CRS,
+                    tls=comp.tls,
+                    timeout=httpx.Timeout(comp.timeouts.connect, read=min(comp.timeouts.read, 30.0), pool=5.0),
+                    rights_fix=f"grant {client_id} rights on {name}: {key}.autorisaties, "
+                    "then zgw-gateway provision --apply",
                 )
+                for which, client_id, secret in pairs
+            ]
     for name, api in config.autorisaties_apis.items():
-        rights = "give the admin client all rights: its Applicatie is in zgw-gateway provision --emit open-zaak"
         found.append(
             Probe(
-                "-",
-                f"autorisaties_apis.{name}",
-                api.client_id,
-                "admin",
-                api.secret,
-                f"{api.url}/applicaties",
-                False,
-                api.tls,
-                httpx.Timeout(api.timeout),
-                rights,
+                caller="-",
+                component=f"autorisaties_apis.{name}",
+                client_id=api.client_id,
+                which="admin",
+                secret=api.secret,
+                url=f"{api.url}/applicaties",
+                crs=False,
+                tls=api.tls,
+                timeout=httpx.Timeout(api.timeout),
+                rights_fix="give the admin client all rights: its Applicatie is in provision --emit open-zaak",
             )
         )
     return found
@@ -117,21 +121,20 @@ def _fix(result: str, probe: Probe) -> str:
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(probe.url)) if probe.url else ""
     fixes = {
         "ok": "",
-        "secret mismatch": f"{probe.secret.describe()} is not the secret registered for {{client_id}}: "
+        "secret mismatch": f"{probe.secret.describe()} is not the secret registered for {probe.client_id}: "
         f"correct it, or {REGISTER}",
-        "unknown client": f"the upstream knows no secret for {{client_id}}; {REGISTER}",
+        "unknown client": f"the upstream knows no secret for {probe.client_id}; {REGISTER}",
         "no rights": probe.rights_fix,
         "clock": "the upstream finds the token expired: sync this host's clock (NTP) or lower token.clock_skew",
         "not reachable": f"check {where} ({origin}) and the network path from here to it",
         "TLS": f"trust the upstream's certificate authority with {where}.tls.ca_file, or fix its certificate",
         "CRS": f"set components.{probe.component}.crs: EPSG:4326 (the upstream demands CRS headers)",
         "timeout": f"the upstream did not answer in time; check its health and {where}.timeouts",
-        "secret unreadable": f"make {probe.secret.describe()} readable (zgw-gateway check-config names it)",
+        "secret unreadable": f"make {probe.secret.describe()} readable where the gateway and this command run",
         "unchecked": f"no known cheap read for {where}: name it or its upstream path after its API "
         f"({', '.join(PROBES)})",
     }
-    fix = fixes.get(result, f"check that {where} points at the API root (e.g. .../zaken/api/v1)")
-    return fix.replace("{client_id}", probe.client_id)
+    return fixes.get(result, f"check that {where} points at the API root (e.g. .../zaken/api/v1)")
 
 
 def _classify(response: httpx.Response) -> tuple[str, str]:
