@@ -1,4 +1,4 @@
-"""The `zgw-gateway` command: serve, check-config, demo, token, credentials new.
+"""The `zgw-gateway` command: serve, check-config, demo, token, credentials new, provision, doctor.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
 """
@@ -134,6 +134,40 @@ def cmd_credentials_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from . import autorisaties, openzaak_setup
+    from .provision import ProvisionError
+
+    config = _load_or_exit(_config_path(args.config))
+    if args.emit and (args.apply or args.prune):
+        print("zgw-gateway: --emit prints a file; it does not go with --apply or --prune", file=sys.stderr)
+        return 2
+    try:
+        if args.emit:
+            names = autorisaties.api_names(config, args.api)
+            if len(names) > 1:
+                raise ProvisionError(f"--emit needs --api, one of: {', '.join(names)}")
+            print(openzaak_setup.emit(config, names[0]), end="")
+            return 0
+        for line in autorisaties.provision(config, args.api, apply=args.apply, prune=args.prune):
+            print(line, flush=True)
+    except ProvisionError as exc:
+        print(f"zgw-gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    checks = doctor.run(_load_or_exit(_config_path(args.config)))
+    if args.json:
+        print(json.dumps(doctor.as_json(checks), indent=2))
+    else:
+        print(doctor.table(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zgw-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"zgw-gateway {__version__}")
@@ -164,6 +198,19 @@ def parser() -> argparse.ArgumentParser:
     n = creds.add_parser("new", help="a new client_id and secret")
     n.add_argument("label", help="a readable label, e.g. the system's name")
     n.set_defaults(func=cmd_credentials_new)
+
+    s = sub.add_parser("provision", help="register the callers' autorisaties in the Autorisaties APIs")
+    s.add_argument("--config")
+    s.add_argument("--apply", action="store_true", help="make the changes (default: only print the plan)")
+    s.add_argument("--prune", action="store_true", help="also delete Applicaties the config owns but no longer has")
+    s.add_argument("--api", help="only this entry of autorisaties_apis")
+    s.add_argument("--emit", choices=["open-zaak"], help="print Open Zaak's setup_configuration YAML instead")
+    s.set_defaults(func=cmd_provision)
+
+    s = sub.add_parser("doctor", help="check every caller's credentials against the live upstreams")
+    s.add_argument("--config")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_doctor)
     return p
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from .grants import Grant
 from .rewrite import UrlRewriter
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
@@ -92,6 +94,15 @@ class ApiKeyRef(Model):
         if self.sha256 is not None:
             return None
         return SecretRef(env=self.env, file=self.file)
+
+
+def _base_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not hold a query, fragment or user info")
+    return v.rstrip("/")
 
 
 class TLSListen(Model):
@@ -180,12 +191,7 @@ class Component(Model):
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("must not hold a query, fragment or user info")
-        return v.rstrip("/")
+        return _base_url(v)
 
 
 class User(Model):
@@ -194,9 +200,16 @@ class User(Model):
     from_headers: bool = False
 
 
-class Credentials(Model):
+class NextCredentials(Model):
+    """Credentials registered beside the current ones while a secret rotates (README: Rotating a secret)."""
+
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
+
+
+class Credentials(NextCredentials):
+    next: NextCredentials | None = None
+    autorisaties: Grant | None = None  # what `provision` registers for this client_id
 
 
 class RateLimit(Model):
@@ -211,6 +224,8 @@ class CallerConfig(Model):
     cert_subjects: list[str] = []
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
+    next: NextCredentials | None = None
+    autorisaties: Grant | None = None
     credentials: dict[str, Credentials] = {}
     user: User = User()
     components: list[str] = Field(min_length=1)
@@ -301,6 +316,17 @@ class Tracing(Model):
     service_name: str = "zgw-gateway"
 
 
+class AutorisatiesApi(Model):
+    """An Autorisaties API where `provision` registers the callers' autorisaties, with an admin client."""
+
+    url: Annotated[str, AfterValidator(_base_url)]
+    client_id: str = Field(min_length=1, max_length=50)
+    secret: SecretRef
+    components: list[str] = Field(min_length=1)  # the gateway components whose rights it holds
+    tls: UpstreamTLS = UpstreamTLS()
+    timeout: float = Field(default=10.0, gt=0, le=300)
+
+
 class Config(Model):
     listen: Listen = Listen()
     admin: Admin = Admin()
@@ -317,6 +343,7 @@ class Config(Model):
     tracing: Tracing = Tracing()
     components: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Component] = Field(min_length=1)
     callers: list[CallerConfig] = []
+    autorisaties_apis: dict[str, AutorisatiesApi] = {}
 
     @field_validator("public_url")
     @classmethod
@@ -342,6 +369,12 @@ class Config(Model):
             for j, comp_name in enumerate(caller.components):
                 if comp_name not in self.components:
                     errors.append(f"callers[{i}].components[{j}]: no component named '{comp_name}'")
+            pairs: list[tuple[str, CallerConfig | Credentials]] = [("", caller)]
+            pairs += [(f".credentials.{n}", c) for n, c in caller.credentials.items()]
+            for key, creds in pairs:
+                if creds.next is not None and creds.next.client_id == creds.client_id:
+                    errors.append(f"callers[{i}]{key}.next.client_id: must differ from the current client_id")
+        errors.extend(self._autorisaties_api_errors())
         rewritten = {name: comp for name, comp in self.components.items() if comp.rewrite_urls}
         if rewritten:
             try:  # the rewriter decides which mappings are ambiguous
@@ -352,6 +385,19 @@ class Config(Model):
             # Not a ValueError: pydantic would file these under the top level; each names its own key.
             raise ConfigError(errors)
         return self
+
+    def _autorisaties_api_errors(self) -> list[str]:
+        errors: list[str] = []
+        holder: dict[str, str] = {}
+        for name, api in self.autorisaties_apis.items():
+            for j, comp_name in enumerate(api.components):
+                key = f"autorisaties_apis.{name}.components[{j}]"
+                if comp_name not in self.components:
+                    errors.append(f"{key}: no component named '{comp_name}'")
+                elif comp_name in holder:
+                    errors.append(f"{key}: '{comp_name}' is already in autorisaties_apis.{holder[comp_name]}")
+                holder.setdefault(comp_name, name)
+        return errors
 
     def secret_refs(self) -> list[SecretRef]:
         """Every secret the config references: API keys and ZGW client secrets."""
@@ -368,8 +414,10 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part == "[key]":
-            continue  # pydantic's marker for an invalid mapping key; the key itself is already in the path
+        elif part.startswith("["):
+            # pydantic's marker for an invalid mapping key (the key itself is already in the path), or a
+            # bracketed union tag (grants.Grant)
+            continue
         else:
             out += ("." if out else "") + part
     return out or "(top level)"

@@ -1,6 +1,9 @@
-"""What ZGW servers say and expect, in one place (../shared/ZGW.md section 3)."""
+"""What ZGW servers say and expect, in one place (../shared/ZGW.md sections 3 and 4)."""
 
 from __future__ import annotations
+
+# The one coordinate reference system the Zaken API accepts in Accept-Crs / Content-Crs.
+CRS = "EPSG:4326"
 
 # The problem codes a ZGW server answers 403 with; metrics count anything else as 'other'.
 FORBIDDEN_CODES = frozenset(
