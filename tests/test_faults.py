@@ -216,7 +216,7 @@ def test_too_many_in_flight_and_an_exhausted_pool_get_a_fast_503_with_retry_afte
         config = base_config(up.url)
         config["components"]["zaken"]["max_in_flight"] = 2
         config["components"]["catalogi"]["max_connections"] = 1
-        config["components"]["catalogi"]["timeouts"] = {"pool": 0.3, "connect": 0.3}
+        config["components"]["catalogi"]["timeouts"] = {"pool": 0.3}
         gw = gateway_factory(config)
         zaken, catalogi = gw.url + ZAKEN + "/zaken", gw.url + "/catalogi/api/v1/x"
         try:
