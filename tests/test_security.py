@@ -94,11 +94,6 @@ class Recorder:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
-    def release(self) -> None:
-        """Let every held answer go."""
-        for event in self.holds.values():
-            event.set()
-
     def tokens(self) -> list[str]:
         out = []
         for r in self.requests:
