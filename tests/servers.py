@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,23 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
     raise TimeoutError("condition not met in time")
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+class ManualClock:
+    """A wall clock for `create_app(config, clock=...)` that stands still until the test moves it."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = float(int(time.time())) if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @dataclass
@@ -96,6 +109,23 @@ class ThreadServer:
         return f"{scheme}://127.0.0.1:{self.port}"
 
 
+@contextlib.contextmanager
+def gateway_in_thread(
+    config: dict[str, Any], clock: Callable[[], float], environ: dict[str, str]
+) -> Iterator[tuple[str, Callable[[], str]]]:
+    """The gateway app on an injected clock, under uvicorn in a thread; yields its URL and its exposition."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from gateway.app import create_app
+    from gateway.config import parse
+
+    registry = CollectorRegistry()
+    app = create_app(parse(config), clock=clock, environ=environ, registry=registry)
+    with ThreadServer(app) as server:
+        yield server.url, lambda: generate_latest(registry).decode()
+
+
 @dataclass
 class GatewayProcess:
     """`zgw-gateway serve` as a real process, with its stdout kept for inspection."""
@@ -145,7 +175,7 @@ class GatewayProcess:
         if wait_ready:
             self.wait_ready()
         else:
-            wait_until(lambda: _port_open(self.admin_port), 15)
+            wait_until(lambda: port_open(self.admin_port), 15)
         return self
 
     def wait_ready(self, timeout: float = 15) -> None:
@@ -213,7 +243,7 @@ def sandbox_process(clients: dict[str, str], page_size: int = 100, host: str = "
     env = {**os.environ, "SANDBOX_CLIENTS": ",".join(f"{k}={v}" for k, v in clients.items())}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _port_open(port, host), 15)
+        wait_until(lambda: port_open(port, host), 15)
         yield f"http://{host}:{port}"
     finally:
         proc.terminate()

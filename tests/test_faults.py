@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,9 @@ import httpx
 import jwt
 import pytest
 from conftest import API_KEY, CLIENT_ID, GATEWAY_ENV, SECRET, base_config
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from servers import GatewayProcess, ThreadServer, free_port, metric_value, wait_until
+from servers import GatewayProcess, ManualClock, ThreadServer, free_port, gateway_in_thread, metric_value, wait_until
 from test_security import Recorder, parse_reply
 
-from gateway.app import create_app
-from gateway.config import parse
 from gateway.sandbox import create_sandbox_app
 
 ZAKEN = "/zaken/api/v1"
@@ -38,6 +35,7 @@ class RawUpstream:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        self.reset_now = threading.Event()  # reset_mid_body: set by the test once the caller has bytes
         self.connections = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -79,7 +77,7 @@ class RawUpstream:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
                     + b"x" * 1000
                 )
-                time.sleep(0.2)
+                self.reset_now.wait(10)
         # SO_LINGER 0: close with RST, the way a crashing upstream looks
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
@@ -121,9 +119,14 @@ def test_reset_before_answering_is_502_retried_only_when_idempotent(
 def test_reset_mid_body_aborts_the_callers_connection(gateway_factory: Callable[..., GatewayProcess]) -> None:
     with RawUpstream("reset_mid_body") as up:
         gw = gateway_factory(base_config(up.url))
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
             s.sendall(f"GET {ZAKEN}/zaken HTTP/1.1\r\nHost: gw\r\nX-API-Key: {API_KEY}\r\n\r\n".encode())
             data = b""
+            while not data.partition(b"\r\n\r\n")[2]:  # until the caller holds part of the body
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+            up.reset_now.set()
             with contextlib.suppress(ConnectionResetError):
                 while chunk := s.recv(65536):
                     data += chunk
@@ -151,7 +154,9 @@ def unanswered_listener() -> Iterator[str]:
         with contextlib.suppress(BlockingIOError):
             f.connect(("127.0.0.1", port))
         fillers.append(f)
-    time.sleep(0.2)
+    # Once the first filler is connected, the accept queue (one place) is full and later SYNs are dropped.
+    _, connected, _ = select.select([], fillers[:1], [], 10)
+    assert connected and fillers[0].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -163,25 +168,34 @@ def unanswered_listener() -> Iterator[str]:
 def test_slow_connect_and_slow_answer_are_504_within_the_timeouts(
     gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
-    slow = Recorder(delay=3)
+    # The upstream never answers while the test runs, and every timeout but the one under test is far beyond
+    # the client's 30 s: a 504 in time can only come from that one timeout.
+    never = threading.Event()
+    slow = Recorder(holds={"/zaken": never, "/enkelvoudiginformatieobjecten": never})
     with unanswered_listener() as hanging, ThreadServer(slow) as up:
         config = base_config(up.url)
-        config["components"]["zaken"]["timeouts"] = {"connect": 0.5, "read": 0.5, "total": 5}
+        config["components"]["zaken"]["timeouts"] = {"read": 0.5, "total": 3600}
         config["components"]["catalogi"]["upstream"] = hanging + "/catalogi/api/v1"
-        config["components"]["catalogi"]["timeouts"] = {"connect": 0.5, "read": 5, "total": 5}
-        config["components"]["documenten"]["timeouts"] = {"connect": 1, "read": 5, "total": 0.8}
+        config["components"]["catalogi"]["timeouts"] = {"connect": 0.5, "read": 3600, "total": 3600}
+        config["components"]["documenten"]["timeouts"] = {"read": 3600, "total": 0.8}
         gw = gateway_factory(config)
-        for path, bound in [
-            (ZAKEN + "/zaken", 1.5),  # read timeout
-            ("/catalogi/api/v1/catalogussen", 1.5),  # connect timeout
-            ("/documenten/api/v1/enkelvoudiginformatieobjecten", 1.5),  # total deadline
-        ]:
-            started = time.monotonic()
-            r = httpx.get(gw.url + path, headers=KEY, timeout=10)
-            elapsed = time.monotonic() - started
-            assert r.status_code == 504, path
-            assert problem(r) == "upstream-timeout"
-            assert elapsed < bound, (path, elapsed)
+        try:
+            for component, path in [
+                ("zaken", ZAKEN + "/zaken"),  # read timeout
+                ("catalogi", "/catalogi/api/v1/catalogussen"),  # connect timeout
+                ("documenten", "/documenten/api/v1/enkelvoudiginformatieobjecten"),  # total deadline
+            ]:
+                r = httpx.get(gw.url + path, headers=KEY, timeout=30)
+                assert r.status_code == 504, path
+                assert problem(r) == "upstream-timeout"
+                failures = metric_value(gw.metrics(), "zgw_gateway_upstream_failures_total", component=component)
+                timeouts = metric_value(
+                    gw.metrics(), "zgw_gateway_upstream_failures_total", component=component, reason="timeout"
+                )
+                assert failures == timeouts == 1, path
+            assert [path.rsplit(b"/", 1)[1] for path in slow.arrived] == [b"zaken", b"enkelvoudiginformatieobjecten"]
+        finally:
+            never.set()
 
 
 def test_unresolvable_upstream_is_502_and_readiness_stays(gateway_factory: Callable[..., GatewayProcess]) -> None:
@@ -193,126 +207,115 @@ def test_unresolvable_upstream_is_502_and_readiness_stays(gateway_factory: Calla
     assert metric_value(gw.metrics(), "zgw_gateway_upstream_failures_total", reason="dns") == 1
 
 
-def _concurrently(n: int, call: Callable[[], httpx.Response]) -> list[tuple[httpx.Response, float]]:
-    results: list[tuple[httpx.Response, float]] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        started = time.monotonic()
-        r = call()
-        with lock:
-            results.append((r, time.monotonic() - started))
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results
-
-
 def test_too_many_in_flight_and_an_exhausted_pool_get_a_fast_503_with_retry_after(
     gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
-    slow = Recorder(delay=1.5)
-    with ThreadServer(slow) as up:
+    held = threading.Event()
+    rec = Recorder(holds={"/zaken": held, "/x": held})
+    with ThreadServer(rec) as up, ThreadPoolExecutor(3) as pool:
         config = base_config(up.url)
         config["components"]["zaken"]["max_in_flight"] = 2
         config["components"]["catalogi"]["max_connections"] = 1
-        config["components"]["catalogi"]["timeouts"] = {"pool": 0.3, "connect": 0.3}
+        config["components"]["catalogi"]["timeouts"] = {"pool": 0.3}
         gw = gateway_factory(config)
-        results = _concurrently(6, lambda: httpx.get(gw.url + ZAKEN + "/zaken", headers=KEY, timeout=10))
-        refused = [(r, t) for r, t in results if r.status_code == 503]
-        assert len([r for r, _ in results if r.status_code == 200]) == 2
-        assert len(refused) == 4
-        for r, elapsed in refused:
-            assert problem(r) == "overloaded"
+        zaken, catalogi = gw.url + ZAKEN + "/zaken", gw.url + "/catalogi/api/v1/x"
+        try:
+            admitted = [pool.submit(httpx.get, zaken, headers=KEY, timeout=30) for _ in range(2)]
+            wait_until(lambda: len(rec.arrived) == 2, 10)
+            # Both admitted requests are held upstream until `held` is set: an answer now was not queued.
+            for _ in range(4):
+                r = httpx.get(zaken, headers=KEY, timeout=30)
+                assert r.status_code == 503
+                assert problem(r) == "overloaded"
+                assert int(r.headers["retry-after"]) >= 1
+            assert len(rec.arrived) == 2
+            overloaded = metric_value(gw.metrics(), "zgw_gateway_upstream_failures_total", reason="overloaded")
+            assert overloaded == 4
+
+            # The one catalogi connection is busy upstream: the next request waits timeouts.pool, not for it.
+            first = pool.submit(httpx.get, catalogi, headers=KEY, timeout=30)
+            wait_until(lambda: len(rec.arrived) == 3, 10)
+            r = httpx.get(catalogi, headers=KEY, timeout=30)
+            assert r.status_code == 503
+            assert problem(r) == "upstream-pool-exhausted"
             assert int(r.headers["retry-after"]) >= 1
-            assert elapsed < 0.5
-
-        results = _concurrently(2, lambda: httpx.get(gw.url + "/catalogi/api/v1/x", headers=KEY, timeout=10))
-        codes = sorted(r.status_code for r, _ in results)
-        assert codes == [200, 503]
-        (r, elapsed) = next((r, t) for r, t in results if r.status_code == 503)
-        assert problem(r) == "upstream-pool-exhausted"
-        assert int(r.headers["retry-after"]) >= 1
-        assert elapsed < 1.0
+            assert len(rec.arrived) == 3
+            exposition = gw.metrics()
+            assert metric_value(exposition, "zgw_gateway_upstream_failures_total", component="catalogi") == 1
+            assert metric_value(exposition, "zgw_gateway_upstream_failures_total", reason="pool") == 1
+        finally:
+            held.set()
+        assert [f.result(30).status_code for f in [*admitted, first]] == [200, 200, 200]
 
 
-def test_circuit_breaker_opens_fails_fast_and_closes_after_a_good_probe(
-    gateway_factory: Callable[..., GatewayProcess],
-) -> None:
+def test_circuit_breaker_opens_fails_fast_and_closes_after_a_good_probe() -> None:
     port = free_port()
-    config = base_config(f"http://127.0.0.1:{port}", circuit_breaker={"failure_threshold": 2, "open_seconds": 1})
-    gw = gateway_factory(config)
-    url = gw.url + ZAKEN + "/zaken"
-    assert [httpx.get(url, headers=KEY).status_code for _ in range(2)] == [502, 502]
-    started = time.monotonic()
-    r = httpx.get(url, headers=KEY)
-    assert r.status_code == 503
-    assert problem(r) == "circuit-open"
-    assert int(r.headers["retry-after"]) >= 1
-    assert time.monotonic() - started < 0.3
-    assert metric_value(gw.metrics(), "zgw_gateway_circuit_state", component="zaken") == 1
-    assert metric_value(gw.metrics(), "zgw_gateway_circuit_state", component="catalogi") == 0
-    rec = Recorder()
-    with ThreadServer(rec, port=port):
-        time.sleep(1.1)
-        assert httpx.get(url, headers=KEY).status_code == 200  # the half-open probe
-        assert metric_value(gw.metrics(), "zgw_gateway_circuit_state", component="zaken") == 0
-        assert httpx.get(url, headers=KEY).status_code == 200
-
-
-class FakeClock:
-    def __init__(self, offset: float = 0.0) -> None:
-        self.offset = offset
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
+    config = base_config(f"http://127.0.0.1:{port}", circuit_breaker={"failure_threshold": 2, "open_seconds": 10})
+    clock = ManualClock()
+    with gateway_in_thread(config, clock, GATEWAY_ENV) as (gw_url, metrics):
+        url = gw_url + ZAKEN + "/zaken"
+        assert [httpx.get(url, headers=KEY).status_code for _ in range(2)] == [502, 502]
+        r = httpx.get(url, headers=KEY)
+        assert r.status_code == 503
+        assert problem(r) == "circuit-open"
+        assert r.headers["retry-after"] == "10"  # the clock stands still: the whole open period is left
+        exposition = metrics()
+        # Refused without a try: the failed connects are still the first two requests' only.
+        assert metric_value(exposition, "zgw_gateway_upstream_failures_total", component="zaken", reason="connect") == 2
+        assert metric_value(exposition, "zgw_gateway_upstream_failures_total", reason="circuit_open") == 1
+        assert metric_value(exposition, "zgw_gateway_circuit_state", component="zaken") == 1
+        assert metric_value(exposition, "zgw_gateway_circuit_state", component="catalogi") == 0
+        rec = Recorder()
+        with ThreadServer(rec, port=port):
+            clock.advance(9.5)
+            r = httpx.get(url, headers=KEY)
+            assert (r.status_code, r.headers["retry-after"]) == (503, "1")
+            assert rec.arrived == []  # up again, but not tried before open_seconds
+            clock.advance(0.5)
+            assert httpx.get(url, headers=KEY).status_code == 200  # the half-open probe
+            assert metric_value(metrics(), "zgw_gateway_circuit_state", component="zaken") == 0
+            assert httpx.get(url, headers=KEY).status_code == 200
+            assert len(rec.arrived) == 2
 
 
 @contextlib.contextmanager
 def in_process(
-    gateway_clock: FakeClock, sandbox_clock: FakeClock, jwt_expiry: int = 3600
-) -> Iterator[tuple[str, CollectorRegistry]]:
+    gateway_clock: ManualClock, sandbox_clock: ManualClock, jwt_expiry: int = 3600
+) -> Iterator[tuple[str, Callable[[], str]]]:
     """The gateway app and the sandbox in threads, each on its own clock; yields the gateway URL."""
     sandbox = create_sandbox_app({CLIENT_ID: SECRET}, jwt_expiry=jwt_expiry, clock=sandbox_clock)
-    with ThreadServer(sandbox) as up:
-        config = parse(base_config(up.url))
-        registry = CollectorRegistry()
-        app = create_app(config, clock=gateway_clock, environ=GATEWAY_ENV, registry=registry)
-        with ThreadServer(app) as gw:
-            yield gw.url, registry
-
-
-def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return metric_value(generate_latest(registry).decode(), name, **labels)
+    with ThreadServer(sandbox) as up, gateway_in_thread(base_config(up.url), gateway_clock, GATEWAY_ENV) as gw:
+        yield gw
 
 
 def test_upstream_jwt_expired_evicts_remints_and_retries_once() -> None:
-    gclock, sclock = FakeClock(), FakeClock()
-    with in_process(gclock, sclock, jwt_expiry=60) as (url, registry):
+    gclock = ManualClock()
+    sclock = ManualClock(gclock.now)
+    with in_process(gclock, sclock, jwt_expiry=60) as (url, metrics):
         assert httpx.get(url + ZAKEN + "/zaken", headers=KEY).status_code == 200
         # Both clocks move on 100 s: the cached token (refresh due after 270 s) is now too old for an
         # upstream whose JWT_EXPIRY is 60 s.
-        gclock.offset = sclock.offset = 100
+        gclock.advance(100)
+        sclock.advance(100)
         r = httpx.get(url + ZAKEN + "/zaken", headers=KEY)
         assert r.status_code == 200
-        assert _metric(registry, "zgw_gateway_upstream_retries_total", reason="token_expired") == 1
-        assert _metric(registry, "zgw_gateway_tokens_minted_total") == 2
+        assert metric_value(metrics(), "zgw_gateway_upstream_retries_total", reason="token_expired") == 1
+        assert metric_value(metrics(), "zgw_gateway_tokens_minted_total") == 2
         # A POST is replayable too when its body was read whole.
-        sclock.offset = gclock.offset = 200
+        gclock.advance(100)
+        sclock.advance(100)
         r = httpx.post(url + ZAKEN + "/zaken", headers=KEY, json={})
         assert r.status_code != 403
-        assert _metric(registry, "zgw_gateway_upstream_retries_total", reason="token_expired") == 2
+        assert metric_value(metrics(), "zgw_gateway_upstream_retries_total", reason="token_expired") == 2
 
 
 @pytest.mark.parametrize("skew", [60, -60], ids=["gateway-ahead", "gateway-behind"])
 def test_clock_skew_of_a_minute_keeps_requests_succeeding(skew: int) -> None:
-    with in_process(FakeClock(skew), FakeClock()) as (url, registry):
+    sandbox_clock = ManualClock()
+    with in_process(ManualClock(sandbox_clock.now + skew), sandbox_clock) as (url, metrics):
         for _ in range(3):
             assert httpx.get(url + ZAKEN + "/zaken", headers=KEY).status_code == 200
-        assert _metric(registry, "zgw_gateway_upstream_forbidden_total") == 0
+        assert metric_value(metrics(), "zgw_gateway_upstream_forbidden_total") == 0
 
 
 def test_missing_secret_file_at_start_means_not_ready_naming_the_reference(
@@ -384,33 +387,28 @@ def test_kubernetes_secret_rotation_uses_the_new_secret_without_a_failed_request
         config = base_config(up.url)
         config["callers"][0]["secret"] = {"file": str(secret_dir / "legacy-dms")}
         gw = gateway_factory(config)
-        failures: list[int] = []
+        codes: list[int] = []
         stop = threading.Event()
 
         def load() -> None:
-            with httpx.Client(headers=KEY) as client:
+            with httpx.Client(headers=KEY, timeout=30) as client:
                 while not stop.is_set():
-                    r = client.get(gw.url + ZAKEN + "/zaken")
-                    if r.status_code != 200:
-                        failures.append(r.status_code)
-                    time.sleep(0.01)
+                    codes.append(client.get(gw.url + ZAKEN + "/zaken").status_code)
 
         worker = threading.Thread(target=load)
         worker.start()
         try:
-            time.sleep(0.3)
+            wait_until(lambda: len(codes) >= 10, 10)  # the load runs on the old secret
             checker.accepted = [old, new]  # the upstream learns the new secret first
-            swapped = time.monotonic()
             _k8s_secret(secret_dir, "legacy-dms", new, "2024_02_01")
-            wait_until(lambda: checker.verified[-1:] == [new], 5)
-            picked_up = time.monotonic() - swapped
+            wait_until(lambda: checker.verified[-1:] == [new], 10)  # the next poll picked it up
             checker.accepted = [new]  # then forgets the old one
-            time.sleep(0.5)
+            answered = len(codes)
+            wait_until(lambda: len(codes) >= answered + 20, 10)  # and the load goes on
         finally:
             stop.set()
             worker.join(10)
-        assert failures == []
-        assert picked_up < 3
+        assert [code for code in codes if code != 200] == []
         first_new = checker.verified.index(new)
         assert old not in checker.verified[first_new:]  # old tokens were evicted, never used again
         metrics = gw.metrics()

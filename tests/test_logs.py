@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ def _events(gw: GatewayProcess, event: str) -> list[dict[str, Any]]:
 
 
 def test_one_json_access_line_per_request_with_its_fields(gateway: GatewayProcess) -> None:
+    started = time.perf_counter()
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         ok = client.get("/zaken/api/v1/zaken", headers={"X-API-Key": API_KEY, "User-Agent": "legacy/1.0"})
         missing = client.get(f"/zaken/api/v1/zaken/{ZAAK_ID}?expand=x", headers={"X-API-Key": API_KEY})
@@ -67,6 +69,7 @@ def test_one_json_access_line_per_request_with_its_fields(gateway: GatewayProces
         no_route = client.get("/elsewhere")
 
     line = _access(gateway, ok.headers["x-request-id"])
+    observed = time.perf_counter() - started  # from before the request was sent until its line was read
     assert set(line) >= ACCESS_FIELDS, ACCESS_FIELDS - set(line)
     assert line["logger"] == "zgw_gateway.access"
     assert line["caller"] == "legacy-dms" and line["component"] == "zaken" and line["resource"] == "zaken"
@@ -78,7 +81,7 @@ def test_one_json_access_line_per_request_with_its_fields(gateway: GatewayProces
     )
     assert line["source"] == "upstream" and line["error"] is None
     assert line["bytes_in"] == 0 and line["bytes_out"] == len(ok.content)
-    assert 0 < line["upstream_duration"] <= line["duration"] < 10
+    assert 0 < line["upstream_duration"] <= line["duration"] <= observed  # seconds, measured inside that span
     assert len(line["trace_id"]) == 32
     assert "headers" not in line  # no headers unless allow-listed
     assert "legacy/1.0" not in gateway.logs()

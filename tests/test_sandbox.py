@@ -22,7 +22,7 @@ import yaml
 from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
-from servers import SPECS
+from servers import SPECS, wait_until
 
 from gateway.sandbox import (
     CATALOGUS_UUID,
@@ -75,10 +75,7 @@ def serve() -> Iterator[Callable[..., httpx.Client]]:
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "sandbox did not start"
-            time.sleep(0.01)
+        wait_until(lambda: server.started, 10)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False)
         started.append((server, thread, client))
         return client
@@ -522,11 +519,15 @@ def sandbox_process() -> Iterator[tuple[int, list[str]]]:
     stdout = process.stdout
     assert stdout is not None
     threading.Thread(target=lambda: output.extend(iter(stdout.readline, "")), daemon=True).start()
+
+    def announced() -> re.Match[str] | None:
+        assert process.poll() is None, "".join(output)
+        return re.search(r"running on http://127\.0\.0\.1:(\d+)", "".join(output))
+
     try:
-        deadline = time.monotonic() + 20
-        while not (match := re.search(r"running on http://127\.0\.0\.1:(\d+)", "".join(output))):
-            assert time.monotonic() < deadline and process.poll() is None, "".join(output)
-            time.sleep(0.05)
+        wait_until(announced, 20)
+        match = announced()
+        assert match is not None
         yield int(match.group(1)), output
     finally:
         process.terminate()
