@@ -68,7 +68,7 @@ class GatewayApp:
         ex = Exchange(scope, snap.callers, self.metrics, self.tracer, log.access, snap.log_headers)
         try:
             route = ex.route = self.route(ex, snap)
-            caller = ex.caller = self.caller(ex, snap, route)
+            caller = self.caller(ex, snap, route)
             self.admit(route)
             authorization, refresh = self.token(ex, snap, caller, route)
             body = await self.body(ex, snap, route, receive)
@@ -91,7 +91,7 @@ class GatewayApp:
 
     # 2. The caller: API key, certificate subject (via a trusted proxy) or client network; its permissions.
     def caller(self, ex: Exchange, snap: Snapshot, route: Route) -> Caller:
-        caller = snap.callers.identify(ex.headers, ex.peer)
+        caller = ex.caller = snap.callers.identify(ex.headers, ex.peer)
         if caller is None:
             raise Refused(problems.UNKNOWN_CALLER, "Send a valid API key, or call from a known network.")
         if route.name not in caller.components:

@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import controlhttp
-from .config import AutorisatiesApi, Config, TokenConfig
+from .config import Config
 from .provision import Applicatie, Change, ProvisionError, owned_client_ids, plan, render, summary, wanted
 from .secrets import SecretStore
+from .settings import AutorisatiesApi, TokenConfig
 from .tokens import mint
 
 MAX_PAGES = 1000

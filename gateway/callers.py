@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from .config import CallerConfig, Config, Credentials
+from .config import Config
 from .secrets import SecretStore
+from .settings import CallerConfig, Credentials
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

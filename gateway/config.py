@@ -1,36 +1,40 @@
 """What the operator asked for: config.yaml loaded and validated into typed, frozen objects.
 
 Validation happens once, at start and on reload. Every error names the key path the way an operator
-reads it (`callers[0].secret: ...`). Secrets appear only as references (`{env: NAME}` / `{file: PATH}`);
-resolving them is `secrets.py`'s job.
+reads it (`callers[0].secret: ...`). The sections are the models of `settings.py`; `Config` is the whole,
+with the checks that span sections.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .grants import Grant
 from .rewrite import UrlRewriter
-
-HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
-METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+from .settings import (
+    Admin,
+    AutorisatiesApi,
+    CallerConfig,
+    CircuitBreakerConfig,
+    Component,
+    Credentials,
+    Identity,
+    Limits,
+    Listen,
+    Log,
+    Model,
+    Network,
+    Retry,
+    SecretRef,
+    Secrets,
+    Shutdown,
+    TokenConfig,
+    Tracing,
+)
 
 
 class ConfigError(Exception):
@@ -39,292 +43,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-def _network(value: Any) -> Any:
-    # One plain message instead of pydantic's two (one per union member, with internal names in the path).
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("must be a network in CIDR notation, e.g. 10.0.0.0/8")
-    try:
-        return ipaddress.ip_network(value)
-    except ValueError as exc:
-        raise ValueError(f"must be a network in CIDR notation, e.g. 10.0.0.0/8 ({exc})") from None
-
-
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(Model):
-    """Where a secret lives: an environment variable or a file (a mounted Kubernetes Secret)."""
-
-    env: str | None = Field(default=None, min_length=1)
-    file: Path | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of 'env' or 'file'")
-        return self
-
-    def describe(self) -> str:
-        """A printable name of the reference, never the value."""
-        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
-
-
-class ApiKeyRef(Model):
-    """An API key: a reference to the key, or the hex SHA-256 of the key so the config holds no key."""
-
-    env: str | None = Field(default=None, min_length=1)
-    file: Path | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ApiKeyRef:
-        if sum(v is not None for v in (self.env, self.file, self.sha256)) != 1:
-            raise ValueError("give exactly one of 'env', 'file' or 'sha256'")
-        return self
-
-    def secret_ref(self) -> SecretRef | None:
-        if self.sha256 is not None:
-            return None
-        return SecretRef(env=self.env, file=self.file)
-
-
-def _base_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("must not hold a query, fragment or user info")
-    return v.rstrip("/")
-
-
-class TLSListen(Model):
-    cert_file: Path
-    key_file: Path
-
-
-class Listen(Model):
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=1, le=65535)
-    tls: TLSListen | None = None
-
-
-class Admin(Model):
-    host: str = "0.0.0.0"
-    port: int = Field(default=9100, ge=1, le=65535)
-
-
-class TokenConfig(Model):
-    # Open Zaak rejects a token once now - iat >= JWT_EXPIRY (3600 s by default); stay well below it.
-    lifetime: int = Field(default=300, ge=30, le=3000)
-    clock_skew: int = Field(default=30, ge=0, le=300)
-    refresh_margin: int = Field(default=30, ge=0, le=600)
-    include_exp: bool = True
-
-    # Field validators rather than a model validator, so that the error names the key.
-    @field_validator("clock_skew")
-    @classmethod
-    def _skew(cls, v: int, info: ValidationInfo) -> int:
-        lifetime = info.data.get("lifetime")
-        if lifetime is not None and lifetime + v >= 3600:
-            raise ValueError("lifetime + clock_skew must stay below the servers' JWT_EXPIRY of 3600 s")
-        return v
-
-    @field_validator("refresh_margin")
-    @classmethod
-    def _margin(cls, v: int, info: ValidationInfo) -> int:
-        lifetime = info.data.get("lifetime")
-        if lifetime is not None and v >= lifetime:
-            raise ValueError("must be smaller than lifetime")
-        return v
-
-
-class TimeoutsConfig(Model):
-    connect: float = Field(default=5.0, gt=0, le=300)
-    read: float = Field(default=60.0, gt=0, le=3600)
-    write: float = Field(default=60.0, gt=0, le=3600)
-    pool: float = Field(default=5.0, gt=0, le=60)
-    total: float = Field(default=300.0, gt=0, le=86400)
-
-
-class UpstreamTLS(Model):
-    verify: bool = True
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> UpstreamTLS:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-
-class Component(Model):
-    prefix: str
-    upstream: str
-    crs: Literal["EPSG:4326"] | None = None
-    timeouts: TimeoutsConfig = TimeoutsConfig()
-    tls: UpstreamTLS = UpstreamTLS()
-    max_body_bytes: int = Field(default=4 * 1024**3 + 64 * 1024**2, ge=0)
-    max_connections: int = Field(default=100, ge=1, le=10000)
-    max_in_flight: int = Field(default=1000, ge=1, le=100000)
-    max_response_head_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
-    max_response_headers: int = Field(default=100, ge=8, le=10000)
-    rewrite_urls: bool = False
-    host: Literal["upstream", "public"] = "upstream"
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v) or re.search(r"/\.{1,2}(/|$)", v):
-            raise ValueError("must start with '/', have no trailing slash and only plain path segments")
-        return v
-
-    @field_validator("upstream")
-    @classmethod
-    def _upstream(cls, v: str) -> str:
-        return _base_url(v)
-
-
-class User(Model):
-    id: str = Field(default="", max_length=255)
-    representation: str = Field(default="", max_length=255)
-    from_headers: bool = False
-
-
-class NextCredentials(Model):
-    """Credentials registered beside the current ones while a secret rotates (README: Rotating a secret)."""
-
-    client_id: str = Field(min_length=1, max_length=50)
-    secret: SecretRef
-
-
-class Credentials(NextCredentials):
-    next: NextCredentials | None = None
-    autorisaties: Grant | None = None  # what `provision` registers for this client_id
-
-
-class RateLimit(Model):
-    rate: float = Field(gt=0, description="requests per second")
-    burst: int = Field(ge=1)
-
-
-class CallerConfig(Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    api_keys: list[ApiKeyRef] = []
-    networks: list[Network] = []
-    cert_subjects: list[str] = []
-    client_id: str = Field(min_length=1, max_length=50)
-    secret: SecretRef
-    next: NextCredentials | None = None
-    autorisaties: Grant | None = None
-    credentials: dict[str, Credentials] = {}
-    user: User = User()
-    components: list[str] = Field(min_length=1)
-    methods: list[str] | None = None
-    rate_limit: RateLimit | None = None
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return v
-        bad = [m for m in v if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown method(s) {bad}; use upper case names from {sorted(METHODS)}")
-        return v
-
-    @model_validator(mode="after")
-    def _identifiable(self) -> CallerConfig:
-        if not (self.api_keys or self.networks or self.cert_subjects):
-            raise ValueError("needs at least one of api_keys, networks or cert_subjects")
-        for name in self.credentials:
-            if name not in self.components:
-                raise ValueError(f"credentials for '{name}', which is not in this caller's components")
-        return self
-
-
-class Identity(Model):
-    """Which request headers carry identity. Forwarded ones count only from trusted proxies."""
-
-    api_key_header: str = "X-API-Key"
-    cert_subject_header: str = "X-SSL-Client-S-DN"
-    user_id_header: str = "X-ZGW-User-Id"
-    user_representation_header: str = "X-ZGW-User-Representation"
-
-    @field_validator("*")
-    @classmethod
-    def _header(cls, v: str) -> str:
-        if not HEADER_NAME.match(v):
-            raise ValueError("must be a header name of letters, digits and '-'")
-        return v
-
-
-class Limits(Model):
-    max_header_bytes: int = Field(default=16384, ge=1024, le=1024 * 1024)
-    max_in_flight: int = Field(default=2000, ge=1, le=100000)
-    header_read_timeout: float = Field(default=10.0, gt=0, le=300)
-    body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
-
-
-class Retry(Model):
-    # One retry, only when it is safe (see proxy.forward); the total deadline bounds retry plus first try.
-    enabled: bool = True
-
-
-class CircuitBreakerConfig(Model):
-    enabled: bool = True
-    failure_threshold: int = Field(default=5, ge=1, le=1000)
-    open_seconds: float = Field(default=10.0, gt=0, le=3600)
-
-
-class Log(Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "console"] = "json"
-    access: bool = True
-    headers: list[str] = []
-
-    @field_validator("headers")
-    @classmethod
-    def _no_secret_headers(cls, v: list[str]) -> list[str]:
-        forbidden = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
-        bad = [h for h in v if h.lower() in forbidden or not HEADER_NAME.match(h)]
-        if bad:
-            raise ValueError(f"these headers cannot be logged: {bad}")
-        return [h.lower() for h in v]
-
-
-class Shutdown(Model):
-    drain_seconds: float = Field(default=5.0, ge=0, le=600)
-    timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
-
-
-class Secrets(Model):
-    poll_seconds: float = Field(default=2.0, ge=0.1, le=3600)
-
-
-class Tracing(Model):
-    otlp_endpoint: str | None = None
-    service_name: str = "zgw-gateway"
-
-
-class AutorisatiesApi(Model):
-    """An Autorisaties API where `provision` registers the callers' autorisaties, with an admin client."""
-
-    url: Annotated[str, AfterValidator(_base_url)]
-    client_id: str = Field(min_length=1, max_length=50)
-    secret: SecretRef
-    components: list[str] = Field(min_length=1)  # the gateway components whose rights it holds
-    tls: UpstreamTLS = UpstreamTLS()
-    timeout: float = Field(default=10.0, gt=0, le=300)
 
 
 class Config(Model):

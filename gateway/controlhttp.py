@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from .config import UpstreamTLS
+from .settings import UpstreamTLS
 
 # What an upstream's 403 code means for a caller's credentials (../shared/ZGW.md section 3).
 FORBIDDEN = {

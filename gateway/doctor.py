@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import controlhttp
-from .config import Config, SecretRef, UpstreamTLS
+from .config import Config
 from .secrets import SecretStore
+from .settings import SecretRef, UpstreamTLS
 from .tokens import mint
 from .zgw import CRS
 

@@ -120,6 +120,14 @@ class _AccessWriter:
 _access: _AccessWriter | None = None
 
 
+class _InOrder(logging.StreamHandler):  # type: ignore[type-arg]
+    """Other log lines go out after the access lines written before them (they are rare; flushing first is cheap)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        flush()
+        super().emit(record)
+
+
 def access(fields: dict[str, Any]) -> None:
     """Write one access line (through `logging` when `setup` was not called, e.g. in tests)."""
     if _access is not None:
@@ -137,7 +145,7 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     """Route the gateway's and the servers' loggers to stdout in the chosen format."""
     global _access
     _access = _AccessWriter(sys.stdout, fmt) if logging.getLevelName(level.upper()) <= logging.INFO else None
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _InOrder(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

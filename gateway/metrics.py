@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
-from .config import METHODS
+from .settings import METHODS
 from .zgw import FORBIDDEN_CODES
 
 PREFIX = "zgw_gateway"

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .config import Component, Config
+from .config import Config
+from .settings import Component
 from .upstream import Pool
 
 # RFC 3986 pchar minus ';' (path parameters are read differently by different servers) and minus the

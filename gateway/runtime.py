@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from . import headers
 from .breaker import CircuitBreaker
 from .callers import CallerDirectory, RateLimiter
-from .config import CallerConfig, Config, ConfigError, RateLimit
+from .config import Config, ConfigError
 from .metrics import Metrics
 from .rewrite import UrlRewriter
 from .routing import Route, RouteTable
 from .secrets import SecretStore
+from .settings import CallerConfig, RateLimit
 from .tokens import TokenCache
 from .upstream import Pool, ssl_context
 

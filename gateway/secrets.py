@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .config import SecretRef
+from .settings import SecretRef
 
 log = logging.getLogger("zgw_gateway.secrets")
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import Tracing
+from .settings import Tracing
 
 log = logging.getLogger("zgw_gateway")
 

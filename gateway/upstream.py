@@ -23,8 +23,8 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
 
-from .config import Component
 from .connection import Connection
+from .settings import Component
 
 # Idle connections older than this are not reused: servers close idle keep-alive connections after a few
 # seconds (gunicorn 2 s, uvicorn 5 s), and a request sent into a closing connection fails.

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from gateway.callers import CallerDirectory, Peer, RateLimiter
-from gateway.config import CallerConfig, parse
+from gateway.config import parse
 from gateway.secrets import SecretStore
+from gateway.settings import CallerConfig
 
 DMS_KEY = "dms-api-key-5f1e9c3a7b2d4e6f8a0c"
 BI_KEY = "bi-api-key-2b4d6f8a0c1e3a5c7e9b"

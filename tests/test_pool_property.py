@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.config import Component, TimeoutsConfig
+from gateway.settings import Component, TimeoutsConfig
 from gateway.upstream import Pool, UpstreamError
 
 CALLERS = ("caller-a", "caller-b", "caller-c")

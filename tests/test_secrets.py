@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SecretRef
 from gateway.secrets import SecretStore
+from gateway.settings import SecretRef
 
 VALUE = "s3cr3t-value-7a9c1e3b5d"
 

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.config import TokenConfig
+from gateway.settings import TokenConfig
 from gateway.tokens import Key, TokenCache, mint
 from gateway.zgw import EXPIRED_CODES, FORBIDDEN_CODES
 

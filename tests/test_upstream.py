@@ -16,7 +16,7 @@ import jwt
 import pytest
 from hostile import HostileUpstream, Request, answer
 
-from gateway.config import Component, TimeoutsConfig
+from gateway.settings import Component, TimeoutsConfig
 from gateway.upstream import Pool, UpstreamError
 
 Test = Callable[[Pool, HostileUpstream], Awaitable[None]]
