@@ -70,9 +70,9 @@ class GatewayApp:
             route = ex.route = self.route(ex, snap)
             caller = self.caller(ex, snap, route)
             self.admit(route)
-            authorization, refresh = self.token(ex, snap, caller, route)
+            token = self.token(ex, snap, caller, route)
             body = await self.body(ex, snap, route, receive)
-            fw = self.plan(ex, snap, route, authorization, refresh, body)
+            fw = self.plan(ex, snap, route, token, body)
             self.allow(route, fw)
         except Refused as refusal:
             return await ex.refuse(send, refusal)
@@ -109,7 +109,9 @@ class GatewayApp:
             raise Refused(problems.OVERLOADED, "Too many requests in flight.", retry_after=1)
 
     # 4. The token: the end user (fixed, or from headers when allowed), the credentials, the cached JWT.
-    def token(self, ex: Exchange, snap: Snapshot, caller: Caller, route: Route) -> tuple[bytes, Callable[[], bytes]]:
+    def token(
+        self, ex: Exchange, snap: Snapshot, caller: Caller, route: Route
+    ) -> tuple[bytes, bool, Callable[[], bytes]]:
         user_id, user_rep = caller.user_id, caller.user_representation
         if caller.user_from_headers:
             try:
@@ -135,7 +137,7 @@ class GatewayApp:
             self.metrics.tokens_minted(caller.name, route.name).inc()
             return fresh.header_value
 
-        return minted.header_value, refresh
+        return minted.header_value, cached, refresh
 
     # 5. The body: refused when too large before any upstream I/O; small bodies are read (replayable).
     async def body(self, ex: Exchange, snap: Snapshot, route: Route, receive: Receive) -> Body:
@@ -173,8 +175,7 @@ class GatewayApp:
         ex: Exchange,
         snap: Snapshot,
         route: Route,
-        authorization: bytes,
-        refresh: Callable[[], bytes],
+        token: tuple[bytes, bool, Callable[[], bytes]],
         body: Body,
     ) -> proxy.Forward:
         passed = fields.to_upstream(ex.raw_headers, snap.dropped_headers)
@@ -183,6 +184,7 @@ class GatewayApp:
         if ex.trace_started:
             # W3C Trace Context 3.3: a tracestate without a valid traceparent belongs to no trace.
             passed = [(k, v) for k, v in passed if k != b"tracestate"]
+        authorization, cached, refresh = token
         up = [(b"authorization", authorization), *passed, *self._owned(ex, route), *body.framing(ex.method)]
         rewriter = snap.rewriter if route.component.rewrite_urls else None
         query = ex.query
@@ -205,6 +207,7 @@ class GatewayApp:
             extra_response_headers=[(b"x-request-id", ex.request_id.encode())],
             rewriter=rewriter,
             refresh_token=refresh,
+            token_cached=cached,
             retry_enabled=snap.config.retry.enabled,
             on_retry=lambda reason: self.metrics.retries(route_name, reason).inc(),
         )

@@ -408,12 +408,6 @@ def test_a_real_jwt_expired_is_reminted_and_retried_once(
     assert metric_value(metrics, "zgw_gateway_tokens_minted_total", caller="legacy-dms") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Open Zaak renders every error of the download route with its binary renderer: the body is the bare "
-    "text 'application/octet-stream', so a 403 jwt-expired carries no code there and the gateway relays it "
-    "instead of re-minting (gateway/proxy.py decides on the code alone)",
-)
 def test_a_jwt_expired_on_a_download_is_reminted_too(
     gw: GatewayProcess,
     openzaak: OpenZaak,
