@@ -136,7 +136,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     sandbox_port, port, admin_port = free_port(), free_port(), free_port()
     env = {**os.environ, "SANDBOX_CLIENTS": f"{CLIENT_ID}={SECRET}", "SOAK_KEY": API_KEY, "SOAK_SECRET": SECRET}
     sandbox = subprocess.Popen(
-        [sys.executable, "-m", "gateway.sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)],
+        [sys.executable, "-m", "zgw_sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

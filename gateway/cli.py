@@ -68,7 +68,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The gateway on 127.0.0.1:8000 (admin 9100) in front of the sandbox upstream on 127.0.0.1:8001."""
-    from .sandbox import create_sandbox_app
+    try:
+        from zgw_sandbox import create_sandbox_app  # the dev group's package: never in the wheel or the image
+    except ImportError:
+        print(
+            "zgw-gateway: the demo needs the sandbox upstream, a development package: run it from a checkout "
+            "with `uv run zgw-gateway demo`",
+            file=sys.stderr,
+        )
+        return 2
 
     for key, value in DEMO_ENV.items():
         os.environ.setdefault(key, value)

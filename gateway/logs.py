@@ -150,12 +150,11 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "granian", "_granian"):
+    for name in ("granian", "_granian"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
-    # The servers' own access logs would duplicate ours (and could show query strings).
-    logging.getLogger("uvicorn.access").disabled = True
+    # The server's own access log would duplicate ours (and could show query strings).
     logging.getLogger("granian.access").disabled = True
 
 

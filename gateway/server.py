@@ -17,12 +17,10 @@ One process, one event loop, one worker: scale with replicas (README "Scaling").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import Any
 
-import uvicorn
 from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
@@ -91,14 +89,6 @@ def _granian(app: Any, host: str, port: int, config: Config, *, admin: bool) -> 
 Extra = list[tuple[object, str, int]]
 
 
-class _ExtraServer(uvicorn.Server):
-    """A uvicorn server for the demo's sandbox upstream, whose signals the gateway handles."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. `extra` apps (the demo's sandbox) run alongside."""
     config = app.runtime.snapshot.config
@@ -131,12 +121,7 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     loop.add_signal_handler(signal.SIGINT, on_int)
     loop.add_signal_handler(signal.SIGHUP, lambda: app.lifecycle.reload("SIGHUP"))
 
-    extras = [
-        _ExtraServer(
-            uvicorn.Config(a, host=h, port=p, loop="none", log_config=None, access_log=False, proxy_headers=False)  # type: ignore[arg-type]
-        )
-        for a, h, p in extra or []
-    ]
+    extras = [_granian(a, h, p, config, admin=True) for a, h, p in extra or []]
     admin_task = asyncio.create_task(admin.serve())
     extra_tasks = [asyncio.create_task(s.serve()) for s in extras]
     failed = False
@@ -148,7 +133,7 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     finally:
         admin.stop()
         for s in extras:
-            s.should_exit = True
+            s.stop()
         results = await asyncio.gather(admin_task, *extra_tasks, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -239,7 +239,7 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
 def sandbox_process(clients: dict[str, str], page_size: int = 100, host: str = "127.0.0.1") -> Iterator[str]:
     """The sandbox upstream as a process; yields its base URL."""
     port = free_port()
-    args = [sys.executable, "-m", "gateway.sandbox", "--host", host, "--port", str(port), "--page-size", str(page_size)]
+    args = [sys.executable, "-m", "zgw_sandbox", "--host", host, "--port", str(port), "--page-size", str(page_size)]
     env = {**os.environ, "SANDBOX_CLIENTS": ",".join(f"{k}={v}" for k, v in clients.items())}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,11 +15,11 @@ import trustme
 import yaml
 from conftest import CLIENT_ID, GATEWAY_ENV, OTHER_CLIENT_ID, SANDBOX_CLIENTS, SECRET, base_config
 from servers import ThreadServer, free_port
+from zgw_sandbox import create_sandbox_app
 
 from gateway import doctor
 from gateway.cli import main
 from gateway.config import parse
-from gateway.sandbox import create_sandbox_app
 
 
 def checks_of(config: dict[str, Any], environ: dict[str, str] | None = None) -> dict[tuple[str, str, str], Any]:

@@ -13,8 +13,7 @@ import jwt
 import pytest
 from conftest import API_KEY, CLIENT_ID, OTHER_CLIENT_ID, READONLY_KEY, SECRET, base_config
 from servers import GatewayProcess, ThreadServer, metric_value, rss
-
-from gateway.sandbox import ZAAKTYPE_UUID
+from zgw_sandbox import ZAAKTYPE_UUID
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -210,10 +209,10 @@ def test_single_flight_one_mint_for_a_cold_burst(gateway: GatewayProcess) -> Non
 def test_expired_token_is_evicted_reminted_and_retried_once() -> None:
     """An upstream that says jwt-expired gets one retry with a fresh token (gateway clock moved on)."""
     from prometheus_client import CollectorRegistry
+    from zgw_sandbox import create_sandbox_app
 
     from gateway.app import create_app
     from gateway.config import parse
-    from gateway.sandbox import create_sandbox_app
 
     now = time.time()
     gateway_clock = [now]

@@ -23,8 +23,7 @@ import pytest
 from conftest import API_KEY, CLIENT_ID, GATEWAY_ENV, SECRET, base_config
 from servers import GatewayProcess, ManualClock, ThreadServer, free_port, gateway_in_thread, metric_value, wait_until
 from test_security import Recorder, parse_reply
-
-from gateway.sandbox import create_sandbox_app
+from zgw_sandbox import create_sandbox_app
 
 ZAKEN = "/zaken/api/v1"
 KEY = {"X-API-Key": API_KEY}

@@ -11,8 +11,7 @@ import httpx
 import pytest
 from conftest import API_KEY, SANDBOX_CLIENTS, base_config
 from servers import GatewayProcess, ThreadServer, rss, sandbox_process
-
-from gateway.sandbox import INFORMATIEOBJECTTYPE_UUID, ZAAKTYPE_UUID
+from zgw_sandbox import INFORMATIEOBJECTTYPE_UUID, ZAAKTYPE_UUID
 
 KEY = {"X-API-Key": API_KEY}
 

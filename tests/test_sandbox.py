@@ -23,8 +23,7 @@ from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 from servers import SPECS, wait_until
-
-from gateway.sandbox import (
+from zgw_sandbox import (
     CATALOGUS_UUID,
     INFORMATIEOBJECTTYPE_UUID,
     ZAAKTYPE_UUID,
@@ -511,9 +510,9 @@ def test_request_journal_shows_claims_never_tokens(serve: Callable[..., httpx.Cl
 
 @pytest.fixture
 def sandbox_process() -> Iterator[tuple[int, list[str]]]:
-    """`python -m gateway.sandbox` on a port the OS picks; yields (port, lines of output so far)."""
+    """`python -m zgw_sandbox` on a port the OS picks; yields (port, lines of output so far)."""
     env = {**os.environ, "SANDBOX_CLIENTS": f"{OTHER}={OTHER_SECRET}"}
-    command = [sys.executable, "-m", "gateway.sandbox", "--port", "0", "--client", f"{CLIENT}={SECRET}"]
+    command = [sys.executable, "-m", "zgw_sandbox", "--port", "0", "--client", f"{CLIENT}={SECRET}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     output: list[str] = []
     stdout = process.stdout

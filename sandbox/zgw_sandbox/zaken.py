@@ -10,8 +10,8 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.sandbox import catalogi
-from gateway.sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, param, render
+from zgw_sandbox import catalogi
+from zgw_sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, param, render
 
 VERSION = "1.5.1"
 PREFIX = "/zaken/api/v1"
@@ -54,6 +54,23 @@ def rsin_error(value: Any) -> str | None:
 
 def timestamp(call: Call) -> str:
     return call.now.isoformat().replace("+00:00", "Z")
+
+
+def field_errors(body: dict[str, Any], partial: bool) -> list[dict[str, str]]:
+    """Open Zaak's validation messages for the fields the sandbox checks."""
+    errors = [param(name, "required", "Dit veld is vereist.") for name in REQUIRED if name not in body and not partial]
+    for name in RSINS:
+        if name in body and (code := rsin_error(body[name])):
+            errors.append(param(name, code, "Ongeldig RSIN."))
+    for name in DATES:
+        if name in body and not is_date(body[name]) and not (body[name] is None and name != "startdatum"):
+            errors.append(param(name, "invalid", "Datum heeft het verkeerde formaat."))
+    for name, limit in TEXTS.items():
+        if name in body and (not isinstance(body[name], str) or len(body[name]) > limit):
+            errors.append(param(name, "max_length", f"Zorg ervoor dat dit veld niet meer dan {limit} tekens bevat."))
+    if body.get("vertrouwelijkheidaanduiding", "openbaar") not in VERTROUWELIJKHEID:
+        errors.append(param("vertrouwelijkheidaanduiding", "invalid_choice", "Ongeldige keuze."))
+    return errors
 
 
 def is_date(value: Any) -> bool:
@@ -168,40 +185,27 @@ class Zaken:
         """The writable fields the sandbox knows; unknown fields are ignored, as DRF does."""
         if not isinstance(body, dict):
             raise Problem.invalid([param("nonFieldErrors", "invalid", "Ongeldige data.")])
-        errors: list[dict[str, str]] = []
-        fields: dict[str, Any] = {}
-        for name in REQUIRED:
-            if name not in body and not partial:
-                errors.append(param(name, "required", "Dit veld is vereist."))
-        for name in RSINS:
-            if name in body and (code := rsin_error(body[name])):
-                errors.append(param(name, code, "Ongeldig RSIN."))
-        for name in DATES:
-            if name in body and not is_date(body[name]) and not (body[name] is None and name != "startdatum"):
-                errors.append(param(name, "invalid", "Datum heeft het verkeerde formaat."))
-        for name, limit in TEXTS.items():
-            if name in body and (not isinstance(body[name], str) or len(body[name]) > limit):
-                reason = f"Zorg ervoor dat dit veld niet meer dan {limit} tekens bevat."
-                errors.append(param(name, "max_length", reason))
-        if body.get("vertrouwelijkheidaanduiding", "openbaar") not in VERTROUWELIJKHEID:
-            errors.append(param("vertrouwelijkheidaanduiding", "invalid_choice", "Ongeldige keuze."))
+        errors = field_errors(body, partial)
         if errors:
             raise Problem.invalid(errors)
-        for name in (*RSINS, *DATES, *TEXTS, "vertrouwelijkheidaanduiding"):
-            if name in body:
-                fields[name] = body[name]
+        fields = {name: body[name] for name in (*RSINS, *DATES, *TEXTS, "vertrouwelijkheidaanduiding") if name in body}
         if "zaaktype" in body:
             zaaktypen = self.catalogi.data["zaaktypen"]
             prefix = f"{catalogi.PREFIX}/zaaktypen"
             fields["zaaktype"] = call.resolve("zaaktype", body["zaaktype"], prefix, zaaktypen.__contains__)
-        identificatie = fields.get("identificatie")
-        bron = fields.get("bronorganisatie", (existing or {}).get("bronorganisatie"))
+        self.unique(
+            fields.get("identificatie"),
+            fields.get("bronorganisatie", (existing or {}).get("bronorganisatie")),
+            existing,
+        )
+        return fields
+
+    def unique(self, identificatie: Any, bron: Any, existing: dict[str, Any] | None) -> None:
         for zaak in self.zaken.values():
             clash = zaak["identificatie"] == identificatie and zaak["bronorganisatie"] == bron
             if identificatie and clash and zaak is not existing:
                 reason = "Deze identificatie bestaat al binnen de bronorganisatie."
                 raise Problem.invalid([param("identificatie", "identificatie-niet-uniek", reason)])
-        return fields
 
     def record(self, call: Call, key: uuid.UUID, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         """An audit trail entry, carrying the user claims of the token that made the change.

@@ -4,7 +4,7 @@ It authenticates like Open Zaak 1.30 (every failure a 403 with Open Zaak's `code
 CRS headers, and builds absolute URLs from the request's Host. The seed data has stable UUIDs.
 """
 
-from gateway.sandbox.app import create_sandbox_app
-from gateway.sandbox.catalogi import CATALOGUS_UUID, INFORMATIEOBJECTTYPE_UUID, ZAAKTYPE_UUID
+from zgw_sandbox.app import create_sandbox_app
+from zgw_sandbox.catalogi import CATALOGUS_UUID, INFORMATIEOBJECTTYPE_UUID, ZAAKTYPE_UUID
 
 __all__ = ["CATALOGUS_UUID", "INFORMATIEOBJECTTYPE_UUID", "ZAAKTYPE_UUID", "create_sandbox_app"]

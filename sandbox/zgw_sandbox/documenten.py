@@ -11,9 +11,9 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.sandbox import catalogi
-from gateway.sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, etag_matches, param, render
-from gateway.sandbox.zaken import VERTROUWELIJKHEID, is_date, rsin_error
+from zgw_sandbox import catalogi
+from zgw_sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, etag_matches, param, render
+from zgw_sandbox.zaken import VERTROUWELIJKHEID, is_date, rsin_error
 
 VERSION = "1.4.2"  # Open Zaak 1.30's Documenten API
 PREFIX = "/documenten/api/v1"

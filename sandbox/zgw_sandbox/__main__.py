@@ -1,4 +1,4 @@
-"""How is the sandbox run on its own? `python -m gateway.sandbox --port 8001 --client id=secret`.
+"""How is the sandbox run on its own? `python -m zgw_sandbox --port 8001 --client id=secret`.
 
 Clients come from `--client id=secret` (repeatable) and from SANDBOX_CLIENTS="id1=secret1,id2=secret2".
 Only client ids are printed, never secrets.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from gateway.sandbox.app import create_sandbox_app
+from zgw_sandbox.app import create_sandbox_app
 
 
 def parse_client(text: str) -> tuple[str, str]:
@@ -25,7 +25,7 @@ def parse_client(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.sandbox",
+        prog="python -m zgw_sandbox",
         description="A strict in-memory ZGW server (Catalogi, Zaken, Documenten) that authenticates like Open Zaak.",
     )
     parser.add_argument("--host", default="127.0.0.1")

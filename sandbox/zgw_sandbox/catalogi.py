@@ -14,7 +14,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, render
+from zgw_sandbox.web import Api, Call, Local, Problem, detail_response, endpoint, render
 
 VERSION = "1.3.1"
 PREFIX = "/catalogi/api/v1"

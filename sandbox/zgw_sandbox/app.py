@@ -20,11 +20,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.sandbox.auth import Authenticator, bearer_token
-from gateway.sandbox.catalogi import Catalogi
-from gateway.sandbox.documenten import Documenten
-from gateway.sandbox.web import Api, Problem, host_allowed, problem_response, request_host
-from gateway.sandbox.zaken import Zaken
+from zgw_sandbox.auth import Authenticator, bearer_token
+from zgw_sandbox.catalogi import Catalogi
+from zgw_sandbox.documenten import Documenten
+from zgw_sandbox.web import Api, Problem, host_allowed, problem_response, request_host
+from zgw_sandbox.zaken import Zaken
 
 JOURNAL_SIZE = 1000
 TEST_PREFIX = "/_sandbox/"

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.sandbox.auth import Authenticator, AuthError, Identity
+from zgw_sandbox.auth import Authenticator, AuthError, Identity
 
 CRS = "EPSG:4326"
 _HOST_RE = re.compile(r"^([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(:[0-9]+)?$")  # django.http.request
