@@ -149,7 +149,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 raise ProvisionError(f"--emit needs --api, one of: {', '.join(names)}")
             print(openzaak_setup.emit(config, names[0]), end="")
             return 0
-        if not (config.autorisaties_apis or config.notificaties_api) or args.api or config.autorisaties_apis:
+        if config.autorisaties_apis or args.api or config.notificaties_api is None:
             for line in autorisaties.provision(config, args.api, apply=args.apply, prune=args.prune):
                 print(line, flush=True)
         if config.notificaties_api is not None and args.api is None:
