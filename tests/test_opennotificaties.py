@@ -242,12 +242,14 @@ def test_a_new_zaak_reaches_the_legacy_receiver_with_links_it_can_follow(
     receiver: tuple[LegacyReceiver, ThreadServer],
 ) -> None:
     legacy, _ = receiver
-    zaak, created = create_zaak(servers, zaaktype, "Melding openbare ruimte")
-    expected = public(gateway, servers, zaak["url"])
-    wait_until(lambda: arrived(legacy, expected), timeout=90, interval=0.1)
-    [got] = arrived(legacy, expected)
-    delay = got.at - created
-    print(f"\ndelivery: zaak created -> legacy receiver got the notification in {delay:.2f} s")
+    delays = []
+    for _ in range(3):  # one after another: each its own beat tick, so the delays spread over the interval
+        zaak, created = create_zaak(servers, zaaktype, "Melding openbare ruimte")
+        expected = public(gateway, servers, zaak["url"])
+        wait_until(lambda: arrived(legacy, expected), timeout=90, interval=0.05)
+        [got] = arrived(legacy, expected)
+        delays.append(got.at - created)
+    print("\ndelivery, zaak created -> legacy receiver got it: " + ", ".join(f"{d:.2f} s" for d in delays))
     assert got.body["kanaal"] == "zaken" and got.body["hoofdObject"] == expected
     assert got.body["kenmerken"]["bronorganisatie"] == RSIN
     assert got.body["kenmerken"]["zaaktype"] == public(gateway, servers, zaaktype)
