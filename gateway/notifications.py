@@ -31,7 +31,7 @@ import orjson
 
 from . import bodies, controlhttp, logs, problems
 from .config import Config, ConfigError
-from .exchange import Exchange
+from .exchange import Exchange, uuid_form
 from .metrics import Metrics
 from .problems import Refused
 from .rewrite import UrlRewriter
@@ -229,7 +229,7 @@ class Inbox:
         else:
             d.status = refusal.problem.status
             d.error = d.error or refusal.problem.code
-            body = refusal.problem.body(refusal.detail, f"urn:uuid:{ex.request_id}")
+            body = refusal.problem.body(refusal.detail, "urn:uuid:" + uuid_form(ex.request_id))
             headers += [(b"content-type", problems.CONTENT_TYPE), (b"content-length", b"%d" % len(body))]
             if refusal.problem is problems.NOTIFICATION_METHOD:
                 headers.append((b"allow", b"POST"))
