@@ -20,7 +20,12 @@ from gateway.provision import ProvisionError
 
 NRC = "http://nrc.test/api/v1"
 AUTH = "Token first-auth-value-of-the-abonnement"
-ENV = {"NRC_SECRET": "nrc-client-secret-value-of-32-bytes-at-least", "NOTIFY_AUTH": AUTH, "TEST_ZGW_SECRET": "s", "TEST_OTHER_SECRET": "s"}
+ENV = {
+    "NRC_SECRET": "nrc-client-secret-value-of-32-bytes-at-least",
+    "NOTIFY_AUTH": AUTH,
+    "TEST_ZGW_SECRET": "s",
+    "TEST_OTHER_SECRET": "s",
+}
 
 
 class FakeNotificaties:
@@ -115,7 +120,7 @@ def test_the_gateways_abonnementen_no_longer_wanted_go_only_with_prune() -> None
 
 
 def test_a_refused_probe_names_its_cause_and_an_unreadable_auth_its_key() -> None:
-    with pytest.raises(ProvisionError, match="invalid-callback-url .*reload the gateway"):
+    with pytest.raises(ProvisionError, match=r"invalid-callback-url .*reload the gateway"):
         provision(FakeNotificaties(refuse_with="invalid-callback-url"), config(), apply=True)
     with pytest.raises(ProvisionError, match=r"callers\[0\].notifications.auth: env:NOTIFY_AUTH is not readable"):
         provision(FakeNotificaties(), config(), {k: v for k, v in ENV.items() if k != "NOTIFY_AUTH"})
