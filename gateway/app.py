@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import bodies, problems, proxy, tracing
+from . import bodies, notifications, problems, proxy, tracing
 from . import headers as fields
 from .bodies import Body
 from .callers import Caller
@@ -50,6 +50,7 @@ class GatewayApp:
         self.lifecycle = Lifecycle(self.runtime, Path(config_path) if config_path is not None else None, clock)
         self.admin = self.lifecycle.admin
         self.tracer = tracing.Tracer(config.tracing)
+        self.inbox = notifications.Inbox(self.metrics, self.runtime.secrets)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -66,6 +67,9 @@ class GatewayApp:
         snap = self.runtime.snapshot  # one config from start to end, whatever a reload does meanwhile
         log = snap.config.log
         ex = Exchange(scope, snap.callers, self.metrics, self.tracer, log.access, snap.log_headers)
+        if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
+            rewriter, timeout = snap.rewriter, snap.config.limits.body_read_timeout
+            return await self.inbox.handle(ex, snap.receivers, rewriter, timeout, receive, send)
         try:
             route = ex.route = self.route(ex, snap)
             caller = self.caller(ex, snap, route)

@@ -143,7 +143,7 @@ def cmd_credentials_new(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from . import autorisaties, openzaak_setup
+    from . import abonnementen, autorisaties, openzaak_setup
     from .provision import ProvisionError
 
     config = _load_or_exit(_config_path(args.config))
@@ -157,8 +157,12 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 raise ProvisionError(f"--emit needs --api, one of: {', '.join(names)}")
             print(openzaak_setup.emit(config, names[0]), end="")
             return 0
-        for line in autorisaties.provision(config, args.api, apply=args.apply, prune=args.prune):
-            print(line, flush=True)
+        if config.autorisaties_apis or args.api or config.notificaties_api is None:
+            for line in autorisaties.provision(config, args.api, apply=args.apply, prune=args.prune):
+                print(line, flush=True)
+        if config.notificaties_api is not None and args.api is None:
+            for line in abonnementen.provision(config, apply=args.apply, prune=args.prune):
+                print(line, flush=True)
     except ProvisionError as exc:
         print(f"zgw-gateway: {exc}", file=sys.stderr)
         return 1
@@ -207,11 +211,13 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("label", help="a readable label, e.g. the system's name")
     n.set_defaults(func=cmd_credentials_new)
 
-    s = sub.add_parser("provision", help="register the callers' autorisaties in the Autorisaties APIs")
+    s = sub.add_parser(
+        "provision", help="register the callers' autorisaties (Autorisaties APIs) and abonnementen (Notificaties API)"
+    )
     s.add_argument("--config")
     s.add_argument("--apply", action="store_true", help="make the changes (default: only print the plan)")
     s.add_argument("--prune", action="store_true", help="also delete Applicaties the config owns but no longer has")
-    s.add_argument("--api", help="only this entry of autorisaties_apis")
+    s.add_argument("--api", help="only this entry of autorisaties_apis (abonnementen are left alone)")
     s.add_argument("--emit", choices=["open-zaak"], help="print Open Zaak's setup_configuration YAML instead")
     s.set_defaults(func=cmd_provision)
 

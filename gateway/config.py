@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .rewrite import UrlRewriter
 from .settings import (
     Admin,
+    ApiKeyHeader,
     AutorisatiesApi,
     CallerConfig,
     CircuitBreakerConfig,
@@ -28,6 +29,7 @@ from .settings import (
     Log,
     Model,
     Network,
+    NotificatiesApi,
     Retry,
     SecretRef,
     Secrets,
@@ -62,6 +64,7 @@ class Config(Model):
     components: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Component] = Field(min_length=1)
     callers: list[CallerConfig] = []
     autorisaties_apis: dict[str, AutorisatiesApi] = {}
+    notificaties_api: NotificatiesApi | None = None
 
     @field_validator("public_url")
     @classmethod
@@ -118,13 +121,21 @@ class Config(Model):
         return errors
 
     def secret_refs(self) -> list[SecretRef]:
-        """Every secret the config references: API keys and ZGW client secrets."""
+        """Every secret the gateway itself reads: API keys, ZGW client secrets, the notifications' secrets."""
         refs: list[SecretRef] = []
         for caller in self.callers:
             refs.extend(r for key in caller.api_keys if (r := key.secret_ref()) is not None)
             refs.append(caller.secret)
             refs.extend(c.secret for c in caller.credentials.values())
+            if (n := caller.notifications) is not None:
+                refs.append(n.auth)
+                refs.extend(r.value if isinstance(r, ApiKeyHeader) else r.password for r in (n.api_key, n.basic) if r)
         return list(dict.fromkeys(refs))
+
+    def callback_base(self) -> str:
+        """Where Open Notificaties reaches the gateway's proxy port."""
+        api = self.notificaties_api
+        return api.callback_url if api is not None and api.callback_url else self.public_url
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

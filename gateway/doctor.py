@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import controlhttp
+from . import abonnementen, controlhttp
 from .config import Config
+from .provision import ProvisionError
 from .secrets import SecretStore
 from .settings import SecretRef, UpstreamTLS
 from .tokens import mint
@@ -33,6 +34,8 @@ PROBES = {
     "notificaties": "kanaal",
 }
 REGISTER = "register it: zgw-gateway provision --emit open-zaak, then manage.py setup_configuration"
+NRC_REGISTER = "register its JWT secret in Open Notificaties (its admin, or setup_configuration)"
+RESYNC = "zgw-gateway provision --apply (with the gateway serving this config: Open Notificaties probes it)"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,21 @@ def probes(config: Config) -> list[Probe]:
                 rights_fix="give the admin client all rights: its Applicatie is in provision --emit open-zaak",
             )
         )
+    if (nrc := config.notificaties_api) is not None:
+        found.append(
+            Probe(
+                caller="-",
+                component="notificaties_api",
+                client_id=nrc.client_id,
+                which="admin",
+                secret=nrc.secret,
+                url=f"{nrc.url}/kanaal",
+                crs=False,
+                tls=nrc.tls,
+                timeout=httpx.Timeout(nrc.timeout),
+                rights_fix="grant notificaties_api.client_id notificaties.consumeren (component nrc)",
+            )
+        )
     return found
 
 
@@ -125,7 +143,8 @@ def _fix(result: str, probe: Probe) -> str:
         "ok": "",
         "secret mismatch": f"{probe.secret.describe()} is not the secret registered for {probe.client_id}: "
         f"correct it, or {REGISTER}",
-        "unknown client": f"the upstream knows no secret for {probe.client_id}; {REGISTER}",
+        "unknown client": f"the upstream knows no secret for {probe.client_id}; "
+        + (NRC_REGISTER if probe.component == "notificaties_api" else REGISTER),
         "no rights": probe.rights_fix,
         "clock": "the upstream finds the token expired: sync this host's clock (NTP) or lower token.clock_skew",
         "not reachable": f"check {where} ({origin}) and the network path from here to it",
@@ -197,10 +216,49 @@ def run(
     now = time.time()
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda p: check(p, store.get(p.secret), clients[p.tls], now, config), todo))
+            checks = list(pool.map(lambda p: check(p, store.get(p.secret), clients[p.tls], now, config), todo))
     finally:
         for c in clients.values():
             c.close()
+    return checks + abonnement_checks(config, environ, transport)
+
+
+def abonnement_checks(
+    config: Config, environ: Mapping[str, str] | None, transport: httpx.BaseTransport | None
+) -> list[Check]:
+    """Does Open Notificaties hold each caller's abonnement as the config has it, with the current auth value?"""
+    api = config.notificaties_api
+    callers = [c for c in config.callers if c.notifications is not None and c.notifications.kanalen]
+    if api is None or not callers:
+        return []
+
+    def result(caller: str, outcome: str, detail: str, fix: str = RESYNC) -> Check:
+        return Check(caller, "notificaties_api", api.client_id, "abonnement", outcome, detail, fix)
+
+    store = SecretStore([api.secret] + [c.notifications.auth for c in callers if c.notifications], environ)
+    secret = store.get(api.secret)
+    try:
+        if secret is None:
+            raise ProvisionError(f"notificaties_api.secret: {api.secret.describe()} is not readable")
+        want = abonnementen.wanted(config, store)
+        with abonnementen.NotificatiesClient(api, secret, config, transport) as client:
+            have = client.abonnementen()
+    except ProvisionError as exc:
+        return [result(c.name, "not checked", str(exc), "see the admin check of notificaties_api") for c in callers]
+    checks = []
+    for caller, (w, _) in want.items():
+        found = [a for a in have if a.key == w.key]
+        if not found:
+            checks.append(result(caller, "no abonnement", w.key))
+        elif len(found) > 1:
+            checks.append(result(caller, "duplicate", f"{len(found)} abonnementen deliver to {w.key}"))
+        elif found[0].callback_url != w.callback_url:
+            checks.append(result(caller, "stale auth", "Open Notificaties holds another auth value"))
+        elif found[0].kanalen != w.kanalen:
+            checks.append(result(caller, "kanalen differ", str(found[0].url)))
+        else:
+            checks.append(result(caller, "ok", str(found[0].url), ""))
+    return checks
 
 
 def table(checks: list[Check]) -> str:

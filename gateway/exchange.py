@@ -94,7 +94,7 @@ class Exchange:
     async def refuse(self, send: Send, refusal: Refused) -> None:
         """Answer with the gateway's own problem+json and finish."""
         problem = refusal.problem
-        body = problem.body(refusal.detail, "urn:uuid:" + _uuid_form(self.request_id))
+        body = problem.body(refusal.detail, "urn:uuid:" + uuid_form(self.request_id))
         headers = [
             (b"content-type", problems.CONTENT_TYPE),
             (b"content-length", b"%d" % len(body)),
@@ -160,7 +160,7 @@ class Exchange:
             )
 
 
-def _uuid_form(request_id: str) -> str:
+def uuid_form(request_id: str) -> str:
     if len(request_id) == 32:
         return f"{request_id[:8]}-{request_id[8:12]}-{request_id[12:16]}-{request_id[16:20]}-{request_id[20:]}"
     return request_id

@@ -156,6 +156,8 @@ def setup(level: str = "info", fmt: str = "json") -> None:
         lg.propagate = True
     # The server's own access log would duplicate ours (and could show query strings).
     logging.getLogger("granian.access").disabled = True
+    # httpx logs every request's URL at INFO; the notification relay writes its own access line instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def allowed_headers(raw_headers: list[tuple[bytes, bytes]], allow: list[bytes]) -> dict[str, str]:

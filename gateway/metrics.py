@@ -185,6 +185,24 @@ class Metrics:
                 registry=r,
             )
         )
+        self.notifications = Labelled(
+            Counter(
+                f"{PREFIX}_notifications",
+                "Requests on the notification endpoints, by caller, kanaal and outcome (forwarded, failed, probe, "
+                "unauthenticated, refused, invalid); their sum is what was received.",
+                ["caller", "kanaal", "outcome"],
+                registry=r,
+            )
+        )
+        self.notification_relay_duration = Labelled(
+            Histogram(
+                f"{PREFIX}_notification_relay_duration_seconds",
+                "Time from relaying a notification to the legacy receiver until its answer.",
+                ["caller", "kanaal"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the gateway reports ready.", registry=r)
         Info(f"{PREFIX}_build", "Version of the gateway and of Python.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
@@ -209,6 +227,15 @@ class Metrics:
                 self.tokens_minted(caller, comp)
         for gauge in (self.in_flight, self.circuit_state):
             gauge.forget(set(components))
+
+    def prepare_notifications(self, kanalen: dict[str, list[str]]) -> None:
+        """Counters that read 0 for each receiving caller and kanaal (and `-`, `other`) before any delivery."""
+        for caller, names in kanalen.items():
+            for kanaal in [*names, "other"]:
+                for outcome in ("forwarded", "failed"):
+                    self.notifications(caller, kanaal, outcome)
+            for outcome in ("probe", "unauthenticated", "refused", "invalid", "failed"):
+                self.notifications(caller, "-", outcome)
 
 
 def method_label(method: str) -> str:

@@ -71,3 +71,12 @@ OVERLOADED = Problem(503, "overloaded", "The gateway is at its concurrency limit
 CIRCUIT_OPEN = Problem(503, "circuit-open", "The upstream is failing; the gateway is holding requests back.")
 POOL_EXHAUSTED = Problem(503, "upstream-pool-exhausted", "No connection to the upstream became free in time.")
 UPSTREAM_TIMEOUT = Problem(504, "upstream-timeout", "The upstream did not answer in time.")
+
+# The notification endpoint (notifications.py); Open Notificaties retries what is not a 2xx.
+BAD_NOTIFICATION = Problem(400, "bad-notification", "The body is not a notification.")
+NOTIFICATION_UNAUTHORIZED = Problem(401, "notification-unauthorized", "The Authorization is not the abonnement's.")
+NO_NOTIFICATION_ENDPOINT = Problem(404, "no-notification-endpoint", "No caller receives notifications here.")
+NOTIFICATION_METHOD = Problem(405, "method-not-allowed", "Notifications are delivered with POST.")
+RECEIVER_REFUSED = Problem(502, "receiver-refused", "The legacy receiver did not accept the notification.")
+RECEIVER_UNREACHABLE = Problem(502, "receiver-unreachable", "The legacy receiver could not be reached.")
+RECEIVER_TIMEOUT = Problem(504, "receiver-timeout", "The legacy receiver did not answer in time.")

@@ -20,6 +20,7 @@ from .breaker import CircuitBreaker
 from .callers import CallerDirectory, RateLimiter
 from .config import Config, ConfigError
 from .metrics import Metrics
+from .notifications import Receiver, receivers
 from .rewrite import UrlRewriter
 from .routing import Route, RouteTable
 from .secrets import SecretStore
@@ -33,11 +34,19 @@ log = logging.getLogger("zgw_gateway")
 class Snapshot:
     """Everything derived from one config: routes (with their pools), callers, the rewriter, header policy."""
 
-    def __init__(self, config: Config, routes: RouteTable, callers: CallerDirectory, key_problems: list[str]):
+    def __init__(
+        self,
+        config: Config,
+        routes: RouteTable,
+        callers: CallerDirectory,
+        key_problems: list[str],
+        receivers: dict[str, Receiver],
+    ):
         self.config = config
         self.routes = routes
         self.callers = callers
         self.key_problems = key_problems
+        self.receivers = receivers
         pairs = [(c.upstream, config.public_url + c.prefix) for c in config.components.values() if c.rewrite_urls]
         self.rewriter = UrlRewriter(pairs) if pairs else None
         ident = config.identity
@@ -74,13 +83,14 @@ class Runtime:
         """Make `config` current, carrying over what it did not change. ConfigError when it cannot be served
         (e.g. a TLS file that does not load); the running snapshot then stays."""
         routes = RouteTable(config)
+        found = receivers(config)
         pools = self._pools(routes)
         for route in routes.routes:
             route.pool = pools[route.name]
         self.secrets.update(config.secret_refs())
         callers = CallerDirectory(config, self.secrets, self._limiter)
         old = getattr(self, "snapshot", None)
-        self.snapshot = Snapshot(config, routes, callers, callers.reload_keys())
+        self.snapshot = Snapshot(config, routes, callers, callers.reload_keys(), found)
         for name, pool in self.pools.items():
             if pools.get(name) is not pool:
                 pool.close()
@@ -92,6 +102,7 @@ class Runtime:
         for name in config.components:
             self.in_flight.setdefault(name, 0)
         self.metrics.prepare([c.name for c in config.callers], list(config.components))
+        self.metrics.prepare_notifications({name: sorted(r.kanalen) for name, r in found.items()})
         for name in config.components:
             breaker = self.breakers.get(name)
             self.metrics.circuit_state(name).set(breaker.state if breaker else 0)

@@ -27,6 +27,8 @@ from pydantic import (
 from .grants import Grant
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+# The first path segment of the gateway's own endpoints on the proxy port; no component prefix may take it.
+RESERVED_SEGMENT = "-"
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -83,6 +85,19 @@ class ApiKeyRef(Model):
         if self.sha256 is not None:
             return None
         return SecretRef(env=self.env, file=self.file)
+
+
+# Open Notificaties probes a new abonnement's callback with a notification on this kanaal (nrc/api/validators.py).
+PROBE_KANAAL = "test"
+
+
+def _plain_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.username or parts.password or parts.fragment:
+        raise ValueError("must not hold user info or a fragment (credentials go in api_key or basic)")
+    return v
 
 
 def _base_url(v: str) -> str:
@@ -175,6 +190,10 @@ class Component(Model):
     def _prefix(cls, v: str) -> str:
         if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v) or re.search(r"/\.{1,2}(/|$)", v):
             raise ValueError("must start with '/', have no trailing slash and only plain path segments")
+        if v.split("/")[1] == RESERVED_SEGMENT:
+            raise ValueError(
+                f"'/{RESERVED_SEGMENT}/' is the gateway's own (notification endpoints); choose another prefix"
+            )
         return v
 
     @field_validator("upstream")
@@ -206,6 +225,55 @@ class RateLimit(Model):
     burst: int = Field(ge=1)
 
 
+class Kanaal(Model):
+    """One kanaal of an abonnement, with the filters Open Notificaties applies (Notificaties API `kanalen`)."""
+
+    naam: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,49}$")
+    filters: dict[Annotated[str, Field(min_length=1, max_length=100)], Annotated[str, Field(max_length=1000)]] = {}
+
+    @field_validator("naam")
+    @classmethod
+    def _not_the_probe(cls, v: str) -> str:
+        if v == PROBE_KANAAL:
+            raise ValueError(f"'{PROBE_KANAAL}' is the kanaal of Open Notificaties' callback probe")
+        return v
+
+
+class ApiKeyHeader(Model):
+    """An API key the legacy receiver expects in a header of its own."""
+
+    header: str = Field(default="X-API-Key", pattern=HEADER_NAME.pattern)
+    value: SecretRef
+
+
+class BasicCredentials(Model):
+    username: str = Field(min_length=1, max_length=200, pattern=r"^[^:]*$")
+    password: SecretRef
+
+
+class Notifications(Model):
+    """A caller's inbound notifications: what Open Notificaties sends to the gateway on its behalf, and where
+    the gateway relays them (README: Notifications to legacy systems)."""
+
+    auth: SecretRef  # the abonnement's `auth`: the Authorization value Open Notificaties sends, exactly
+    deliver_to: Annotated[str, AfterValidator(_plain_url)]
+    api_key: ApiKeyHeader | None = None
+    basic: BasicCredentials | None = None
+    timeout: float = Field(default=8.0, gt=0, le=60)  # Open Notificaties gives a delivery 10 s
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    tls: UpstreamTLS = UpstreamTLS()
+    kanalen: list[Kanaal] = Field(default=[], max_length=50)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Notifications:
+        if self.api_key is not None and self.basic is not None:
+            raise ValueError("give at most one of 'api_key' or 'basic' for the receiver")
+        names = [k.naam for k in self.kanalen]
+        if len(names) != len(set(names)):
+            raise ValueError("each kanaal may appear once in 'kanalen' (put several filters in one entry)")
+        return self
+
+
 class CallerConfig(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     api_keys: list[ApiKeyRef] = []
@@ -220,6 +288,7 @@ class CallerConfig(Model):
     components: list[str] = Field(min_length=1)
     methods: list[str] | None = None
     rate_limit: RateLimit | None = None
+    notifications: Notifications | None = None
 
     @field_validator("methods")
     @classmethod
@@ -314,3 +383,17 @@ class AutorisatiesApi(Model):
     components: list[str] = Field(min_length=1)  # the gateway components whose rights it holds
     tls: UpstreamTLS = UpstreamTLS()
     timeout: float = Field(default=10.0, gt=0, le=300)
+
+
+class NotificatiesApi(Model):
+    """The Notificaties API where `provision` registers the callers' abonnementen, with a client that may
+    (`notificaties.consumeren`)."""
+
+    url: Annotated[str, AfterValidator(_base_url)]
+    client_id: str = Field(min_length=1, max_length=50)
+    secret: SecretRef
+    # How Open Notificaties reaches the gateway's proxy port; public_url when not set.
+    callback_url: Annotated[str, AfterValidator(_base_url)] | None = None
+    tls: UpstreamTLS = UpstreamTLS()
+    # Creating an abonnement waits for Open Notificaties' two probes of the gateway.
+    timeout: float = Field(default=30.0, gt=0, le=300)

@@ -46,6 +46,8 @@ def test_the_catalogue_announces_every_family_from_the_start() -> None:
         f"{P}_secret_reloads": "counter",
         f"{P}_config_last_reload_success_timestamp_seconds": "gauge",
         f"{P}_circuit_state": "gauge",
+        f"{P}_notifications": "counter",
+        f"{P}_notification_relay_duration_seconds": "histogram",
         f"{P}_ready": "gauge",
         f"{P}_build": "info",
     }
