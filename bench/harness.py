@@ -11,39 +11,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import operator
 import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from procs import (
     BENCH,
+    GATEWAY_ENTRY,
     STATIC_TOKEN,
     Processes,
     RssSampler,
+    Scraper,
+    access_lines,
     background_cpu,
     free_port,
     gateway_conf,
     http_get,
+    image_env,
     log_tail,
     nginx_conf,
     stop_on_signals,
     wait_http,
     wait_port,
 )
+from streams import measure, scenarios
+from summary import print_table, summarize
 
 PAGE = "/zaken/api/v1/zaken"
-DOWNLOAD = "/documenten/api/v1/enkelvoudiginformatieobjecten/0c47fe5e-4fe1-4781-8583-168e0730c9b6/download"
-UPLOAD = "/documenten/api/v1/bestandsdelen/7d0e4b2c-2b7a-4c59-8b8a-0a8b5f3f6a10"
 LOAD_CPU, GATEWAY_CPU = 0, 1
-GATEWAY_CMD = ["uv", "run", "--no-sync", "zgw-gateway"]
 MB = 1024 * 1024
 
 
@@ -105,8 +106,8 @@ class Bench:
             key = secrets.token_urlsafe(24)
             self.gateway_env = {"BENCH_API_KEY": key, "BENCH_SECRET": secrets.token_urlsafe(32)}
             self.paths["gateway"] = Target("gateway", port, {"X-API-Key": key})
-        argv = [*GATEWAY_CMD, "serve", "--config", str(self.gateway_config)]
-        self.gateway = self.procs.start("gateway", argv, GATEWAY_CPU, self.gateway_env)
+        env = image_env(self.gateway_config, self.admin_port, self.gateway_env)
+        self.gateway = self.procs.start("gateway", [str(GATEWAY_ENTRY), "serve"], GATEWAY_CPU, env, inherit_env=False)
         try:
             wait_http(self.admin_port, "/-/ready", self.gateway, timeout=60)
         except RuntimeError as exc:
@@ -166,8 +167,8 @@ class Bench:
         plain = self.paths["gateway"]
         port, admin = free_port(), free_port()
         conf = gateway_conf(self.workdir, port, admin, self.paths["direct"].port, rewrite=True)
-        proc = self.procs.start("gateway-rewrite", [*GATEWAY_CMD, "serve", "--config", str(conf)], GATEWAY_CPU,
-                                self.gateway_env)  # fmt: skip
+        env = image_env(conf, admin, self.gateway_env)
+        proc = self.procs.start("gateway-rewrite", [str(GATEWAY_ENTRY), "serve"], GATEWAY_CPU, env, inherit_env=False)
         try:
             wait_http(admin, "/-/ready", proc, timeout=60)
             rewriting = Target("gateway-rewrite", port, plain.headers)
@@ -201,37 +202,20 @@ class Bench:
         self.result["latency"] = out
 
     def stream(self) -> None:
-        size = self.args.stream_mib * MB
         out: dict[str, Any] = {}
-        for mode, path in (("download", DOWNLOAD), ("upload", UPLOAD)):
-            out[mode] = {}
+        for scenario, mode, size, count in scenarios(self.args):
+            out[scenario] = {}
             for name in ("direct", "nginx", "gateway"):
                 p = self.paths.get(name)
                 if p is None:
                     continue
-                timeout = 600
-                if name == "gateway":
-                    with self.gateway_rss() as rss:
-                        time.sleep(0.2)
-                        before = rss.now()
-                        r = loadgen(mode, p.url(path), p.header_args(), ["--size", str(size)], timeout)
-                        time.sleep(0.5)
-                        after = rss.now()
-                    r["rss_mb"] = {
-                        "before": before / MB,
-                        "peak": rss.peak / MB,
-                        "after": after / MB,
-                        "growth": (rss.peak - before) / MB,
-                    }
-                else:
-                    r = loadgen(mode, p.url(path), p.header_args(), ["--size", str(size)], timeout)
-                ok = r["status"] == 200 and (r["bytes"] == size if mode == "download" else r["received"] == size)
-                r["ok"] = ok
-                r["mib_per_s"] = size / MB / r["seconds"]
-                out[mode][name] = r
+                rss = self.gateway_rss if name == "gateway" else None
+                r = measure(mode, p.url(""), p.header_args(), size, count, LOAD_CPU, rss)
+                out[scenario][name] = r
                 growth = f"  RSS growth {r['rss_mb']['growth']:.1f} MB" if "rss_mb" in r else ""
-                print(f"  {mode:8} {name:8} {r['seconds']:6.2f} s {r['mib_per_s']:8.0f} MiB/s  ok={ok}{growth}")
-        self.result["stream"] = {"size_mib": self.args.stream_mib, **out}
+                speed = f"{r['seconds']:6.2f} s {r['mib_per_s']:8.0f} MiB/s"
+                print(f"  {scenario:13} {name:8} {speed}  ok={r['ok']}{growth}")
+        self.result["stream"] = out
 
     def burst(self) -> None:
         self.restart_gateway()
@@ -293,84 +277,29 @@ def tokens_minted(admin_port: int) -> float | None:
     return sum(values) if values else None
 
 
+def gateway_run(workdir: Path, scraper: Scraper) -> dict[str, Any]:
+    """How the gateway ran: the image's entry point and environment, its log and its metrics as it served."""
+    served = [
+        line.split(" ")[1]
+        for line in scraper.last.decode().splitlines()
+        if line.startswith("zgw_gateway_requests_total{")
+    ]
+    return {
+        "argv": [str(GATEWAY_ENTRY), "serve"],
+        "environment": sorted(image_env(Path("-"), 0, {"BENCH_API_KEY": "", "BENCH_SECRET": ""})),
+        "stdout_lines": access_lines(workdir / "gateway.log"),
+        "metrics_scrapes": scraper.scrapes,
+        "metrics_scrape_failures": scraper.failures,
+        "requests_total_last_scrape": sum(float(v) for v in served),
+    }
+
+
 def gateway_available() -> bool:
     try:
-        done = subprocess.run([*GATEWAY_CMD, "serve", "--help"], capture_output=True, timeout=60, cwd=BENCH.parent)
+        done = subprocess.run([str(GATEWAY_ENTRY), "serve", "--help"], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
-def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures and the project's targets, next to the raw results."""
-    tp = result.get("throughput", {})
-    rps = {name: t["rps_median"] for name, t in tp.items()}
-    lat = result.get("latency", {})
-    added: dict[str, Any] = {}
-    for name in ("nginx", "gateway"):
-        if name in lat and "direct" in lat:
-            added[name] = {q: lat[name][f"{q}_ms"] - lat["direct"][f"{q}_ms"] for q in ("p50", "p99")}
-    stream = result.get("stream", {})
-    growth = [
-        stream[m]["gateway"]["rss_mb"]["growth"] for m in ("download", "upload") if "gateway" in stream.get(m, {})
-    ]
-    summary = {
-        "rps": rps,
-        "gateway_vs_nginx": ratio(rps.get("gateway"), rps.get("nginx")),
-        "gateway_vs_direct": ratio(rps.get("gateway"), rps.get("direct")),
-        "nginx_vs_direct": ratio(rps.get("nginx"), rps.get("direct")),
-        "added_latency_ms": added,
-        "stream_rss_growth_mb": max(growth) if growth else None,
-        "steady_rss_mb": result.get("steady_rss_mb", {}).get("max"),
-        "tokens_minted": result.get("burst", {}).get("tokens_minted"),
-        "rewriting_vs_plain": ratio(
-            result.get("rewrite", {}).get("rps_median", {}).get("rewriting"),
-            result.get("rewrite", {}).get("rps_median", {}).get("plain"),
-        ),
-    }
-    gw_added = added.get("gateway", {})
-    checks = {
-        "throughput >= 0.25 x nginx": (summary["gateway_vs_nginx"], operator.ge, 0.25),
-        "added p50 <= 1 ms": (gw_added.get("p50"), operator.le, 1),
-        "added p99 <= 3 ms": (gw_added.get("p99"), operator.le, 3),
-        "stream RSS growth <= 50 MB": (summary["stream_rss_growth_mb"], operator.le, 50),
-        "steady RSS <= 120 MB": (summary["steady_rss_mb"], operator.le, 120),
-        "cold burst mints 1 token": (summary["tokens_minted"], operator.eq, 1),
-        "URL rewriting >= 0.8 x without": (summary["rewriting_vs_plain"], operator.ge, 0.8),
-    }
-    summary["targets"] = {k: None if v is None else bool(op(v, limit)) for k, (v, op, limit) in checks.items()}
-    return summary
-
-
-def fmt(v: Any, spec: str = ".2f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
-    print("\npath      req/s (median)   p50@rate ms   p99@rate ms")
-    for name in ("direct", "nginx", "gateway"):
-        t = result.get("throughput", {}).get(name, {})
-        lat = result.get("latency", {}).get(name, {})
-        if t or lat:
-            rps, p50, p99 = t.get("rps_median"), lat.get("p50_ms"), lat.get("p99_ms")
-            print(f"{name:8} {fmt(rps, '15.0f')} {fmt(p50, '13.2f')} {fmt(p99, '13.2f')}")
-    print(f"\ngateway/nginx throughput   {fmt(summary['gateway_vs_nginx'])}")
-    print(f"gateway/direct throughput  {fmt(summary['gateway_vs_direct'])}")
-    gw = summary["added_latency_ms"].get("gateway", {})
-    print(f"added latency p50/p99 ms   {fmt(gw.get('p50'))} / {fmt(gw.get('p99'))}")
-    for mode in ("download", "upload"):
-        for name, r in result.get("stream", {}).get(mode, {}).items():
-            print(f"{mode:8} {name:8} {r['mib_per_s']:8.0f} MiB/s  ok={r['ok']}")
-    print(f"stream RSS growth MB       {fmt(summary['stream_rss_growth_mb'], '.1f')}")
-    print(f"steady RSS under load MB   {fmt(summary['steady_rss_mb'], '.1f')}")
-    print(f"tokens minted (cold burst) {fmt(summary['tokens_minted'], '.0f')}")
-    print(f"URL rewriting on / off     {fmt(summary['rewriting_vs_plain'])}")
-    for target, ok in summary["targets"].items():
-        print(f"  {'PASS' if ok else 'FAIL' if ok is False else 'n/a '}  {target}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -381,13 +310,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rate", type=float, default=500, help="requests/s of the latency run")
     parser.add_argument("--latency-duration", type=float, default=10)
-    parser.add_argument("--stream-mib", type=int, default=1024)
+    parser.add_argument("--stream-mib", type=int, default=1024, help="size of the single download and upload")
+    parser.add_argument("--streams", type=int, default=4, help="concurrent uploads and downloads")
+    parser.add_argument("--concurrent-mib", type=int, default=256, help="size of each concurrent transfer")
+    parser.add_argument("--scrape", type=float, default=5, help="seconds between two scrapes of /metrics")
     parser.add_argument("--burst", type=int, default=1000, help="concurrent first requests")
     parser.add_argument("--no-gateway", action="store_true", help="measure direct and nginx only")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration, args.latency_duration, args.stream_mib = 1, 3, 3, 64
+        args.rounds, args.duration, args.latency_duration, args.stream_mib, args.concurrent_mib = 1, 3, 3, 64, 16
     args.phases = args.only or ["throughput", "rewrite", "latency", "stream", "burst"]
     return args
 
@@ -411,11 +343,15 @@ def main(argv: list[str]) -> int:
             if gateway:
                 bench.start_gateway()
             bench.check_paths()
-            for phase in args.phases:
-                if phase in ("burst", "rewrite") and not gateway:
-                    continue
-                print(f"{phase}:")
-                getattr(bench, phase)()
+            scraper = Scraper(bench.admin_port, args.scrape) if gateway else None
+            with scraper or contextlib.nullcontext():
+                for phase in args.phases:
+                    if phase in ("burst", "rewrite") and not gateway:
+                        continue
+                    print(f"{phase}:")
+                    getattr(bench, phase)()
+            if scraper is not None:
+                result["gateway_run"] = gateway_run(workdir, scraper)
     finally:
         if args.keep:
             print(f"configs and logs kept in {workdir}")

@@ -8,7 +8,9 @@ Each subcommand prints one JSON line and is started by the harness as its own pi
   sender down (coordinated omission). A warm-up second is sent but not counted.
 - ``burst``: N concurrent first requests, each on its own new connection.
 - ``upload`` / ``download``: one body of N bytes streamed with http.client from a reused 1 MiB
-  buffer, never held whole.
+  buffer, never held whole. ``--start-at T`` waits until ``time.monotonic()`` reaches T (the clock is the
+  machine's, so concurrent transfers in separate processes start together), and the result carries the
+  monotonic ``started`` and ``ended`` times.
 """
 
 from __future__ import annotations
@@ -121,7 +123,12 @@ def connect(url: str) -> tuple[http.client.HTTPConnection, str]:
     return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=60), target
 
 
-def upload(url: str, headers: dict[str, str], size: int) -> dict[str, Any]:
+def wait_until(start_at: float) -> None:
+    while (left := start_at - time.monotonic()) > 0:
+        time.sleep(left)
+
+
+def upload(url: str, headers: dict[str, str], size: int, start_at: float = 0) -> dict[str, Any]:
     chunk = memoryview(bytes(1 << 20))
 
     def body() -> Any:
@@ -132,33 +139,36 @@ def upload(url: str, headers: dict[str, str], size: int) -> dict[str, Any]:
             left -= n
 
     conn, target = connect(url)
-    started = time.perf_counter()
+    wait_until(start_at)
+    started = time.monotonic()
     sent_headers = {**headers, "Content-Type": "application/octet-stream", "Content-Length": str(size)}
     conn.request("PUT", target, body=body(), headers=sent_headers)
     resp = conn.getresponse()
     answer = resp.read(65536)
-    seconds = time.perf_counter() - started
+    ended = time.monotonic()
     conn.close()
     try:
         received = json.loads(answer).get("received")
     except ValueError:
         received = None
-    return {"status": resp.status, "bytes": size, "received": received, "seconds": seconds}
+    return {"status": resp.status, "bytes": size, "received": received, "started": started, "ended": ended,
+            "seconds": ended - started}  # fmt: skip
 
 
-def download(url: str, headers: dict[str, str], size: int) -> dict[str, Any]:
+def download(url: str, headers: dict[str, str], size: int, start_at: float = 0) -> dict[str, Any]:
     sep = "&" if "?" in url else "?"
     conn, target = connect(f"{url}{sep}size={size}")
     buf = bytearray(1 << 20)
-    started = time.perf_counter()
+    wait_until(start_at)
+    started = time.monotonic()
     conn.request("GET", target, headers=headers)
     resp = conn.getresponse()
     got = 0
     while n := resp.readinto(buf):
         got += n
-    seconds = time.perf_counter() - started
+    ended = time.monotonic()
     conn.close()
-    return {"status": resp.status, "bytes": got, "seconds": seconds}
+    return {"status": resp.status, "bytes": got, "started": started, "ended": ended, "seconds": ended - started}
 
 
 def run(coro: Any) -> Any:
@@ -179,6 +189,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1)
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=1 << 30)
+    parser.add_argument("--start-at", type=float, default=0, help="time.monotonic() to start the transfer at")
     args = parser.parse_args()
     headers = headers_of(args.header)
     result: dict[str, Any]
@@ -187,9 +198,9 @@ def main() -> None:
     elif args.mode == "burst":
         result = run(burst(args.url, headers, args.n))
     elif args.mode == "upload":
-        result = upload(args.url, headers, args.size)
+        result = upload(args.url, headers, args.size, args.start_at)
     else:
-        result = download(args.url, headers, args.size)
+        result = download(args.url, headers, args.size, args.start_at)
     print(json.dumps(result), flush=True)
 
 

@@ -1,32 +1,46 @@
-"""The smaller measurements behind the README's "Choices, measured": server, client, metrics.
+"""The smaller measurements behind the README's "Choices, measured": server, client, the gateway's own work,
+and the two library choices on its request path (prometheus_client children, cachetools' TTLCache).
 
-    uv run --group bench python bench/micro.py [--duration 5]
+    uv run --group bench python bench/micro.py [--duration 5] [--only server|client|app|ab] [--rps N]
 
 - server: a hello-world ASGI app (1.1 KB JSON) under granian and under uvicorn + httptools, each on CPU 1,
   wrk -t1 -c50 on CPU 0;
 - client: CPU microseconds per sequential 1 KB JSON exchange with bench/upstream.py, aiohttp's
   ClientSession versus the gateway's own `gateway.upstream.Pool` (time.process_time of this process);
-- metrics: microseconds per `inc` / `observe` on a cached child, prometheus_client versus `gateway.metrics`.
+- app: CPU microseconds per request of the gateway's own work - the whole ASGI application on the bench's
+  config, access log and metrics on, with its pools answering from memory (no sockets, no server);
+- ab: the per-request metric work (exactly the calls a proxied GET makes: gateway/app.py `token`,
+  `forward`, runtime.flight, gateway/exchange.py `finish`) on prometheus_client's cached children versus
+  plain Python floats, the cheapest possible lower bound; and a token cache hit, cachetools' TTLCache
+  versus a plain dict. Each as microseconds per request and as a share of the gateway's CPU time per
+  request on one core (1 / the gateway's req/s in bench/results/latest.json, or `--rps`).
+
+app and ab run in a child process with the image's environment (bench/procs.py IMAGE_ENV), pinned to CPU 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 import timeit
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from procs import Processes, free_port, wait_port  # noqa: E402
+from procs import IMAGE_ENV, Processes, free_port, gateway_conf, wait_port  # noqa: E402
 
 BODY = b'{"count":0,"next":null,"previous":null,"results":[' + b" " * 1050 + b"]}"
 EXCHANGES = 4000
+CALLS = 200_000
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -38,8 +52,6 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def wrk_rps(port: int, duration: int) -> float:
-    import subprocess
-
     out = subprocess.run(
         ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
         capture_output=True,
@@ -60,8 +72,7 @@ def servers(procs: Processes, duration: int) -> dict[str, float]:
     out = {}
     for name, base in argv.items():
         port = free_port()
-        port_args = ["--port", str(port)]
-        proc = procs.start(name, [*base, *port_args, "micro:hello"], 1)
+        proc = procs.start(name, [*base, "--port", str(port), "micro:hello"], 1)
         wait_port(port, proc)
         wrk_rps(port, 1)  # warm-up
         out[name] = wrk_rps(port, duration)
@@ -72,13 +83,14 @@ def servers(procs: Processes, duration: int) -> dict[str, float]:
 async def client_cpu(port: int) -> dict[str, float]:
     import aiohttp
 
-    from gateway.upstream import Pool, Timeouts
+    from gateway.config import Component
+    from gateway.upstream import Pool
 
     head = (
         b"GET /zaken/api/v1/zaken HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Authorization: Bearer x\r\nAccept-Crs: EPSG:4326\r\n\r\n"
     )
-    pool = Pool("127.0.0.1", port, None, 10, Timeouts(5, 30, 5))
+    pool = Pool("127.0.0.1", port, None, Component(prefix="/zaken", upstream=f"http://127.0.0.1:{port}/zaken"))
 
     async def own() -> None:
         resp = await pool.request("GET", head, None, False, time.monotonic() + 30)
@@ -108,43 +120,226 @@ async def client_cpu(port: int) -> dict[str, float]:
     return out
 
 
-def metric_calls() -> dict[str, float]:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+class _Answer:
+    """An upstream answer from memory: the bench upstream's page, whole in the first piece."""
 
+    status = 200
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(BODY))]
+    content_length = len(BODY)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def at_eof(self) -> bool:
+        return self.done
+
+    async def read_chunk(self) -> bytes:
+        chunk, self.done = (b"" if self.done else BODY), True
+        return chunk
+
+    async def read(self, limit: int) -> bytes:
+        return await self.read_chunk()
+
+    def release(self) -> None:
+        pass
+
+
+class _MemoryPool:
+    async def request(self, method: str, head: bytes, body: object, chunked: bool, deadline: float) -> _Answer:
+        return _Answer()
+
+    def close(self) -> None:
+        pass
+
+
+async def app_cpu(requests: int) -> float:
+    """CPU us per GET of the gateway's own work (best of 5 runs), access lines written to /dev/null."""
+    from gateway import logs
+    from gateway.app import create_app
+    from gateway.config import load
+
+    os.environ.update(BENCH_API_KEY="micro-key", BENCH_SECRET="micro-secret-" + "x" * 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load(gateway_conf(Path(tmp), 8000, 9100, 8001))
+    logs.setup("info", "json")
+    logs._access.stream = open(os.devnull, "w")  # type: ignore[union-attr]  # noqa: SIM115
+    app = create_app(config)
+    await app.lifecycle.startup()
+    for route in app.runtime.snapshot.routes.routes:
+        route.pool = _MemoryPool()  # type: ignore[assignment]
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/zaken/api/v1/zaken",
+        "raw_path": b"/zaken/api/v1/zaken", "query_string": b"", "client": ("127.0.0.1", 40000),
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"x-api-key", b"micro-key")],
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    runs = []
+    for _ in range(6):
+        started = time.process_time()
+        for _ in range(requests):
+            await app(dict(scope), receive, send)
+        runs.append((time.process_time() - started) / requests * 1e6)
+    await app.lifecycle.shutdown()
+    return min(runs[1:])  # the first run warms up
+
+
+class _Float:
+    """A counter, gauge or histogram child as bare floats: what the metric work costs at the very least."""
+
+    __slots__ = ("bounds", "counts", "sum", "value")
+
+    def __init__(self, bounds: tuple[float, ...] = ()) -> None:
+        self.value = 0.0
+        self.sum = 0.0
+        self.bounds = bounds
+        self.counts = [0.0] * (len(bounds) + 1)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        self.counts[bisect_left(self.bounds, amount)] += 1.0
+
+
+def _metric_work(m: Any) -> None:
+    """The metric calls of one proxied GET, in the order the gateway makes them."""
+    m.token_cache("hit").inc()
+    m.overhead("zaken").observe(0.00004)
+    gauge = m.in_flight("zaken")
+    gauge.inc()
+    m.upstream_duration("zaken").observe(0.0003)
+    gauge.dec()
+    m.requests("bench", "zaken", "GET", "200", "zaken", "upstream").inc()
+    m.request_duration("bench", "zaken", "GET", "zaken").observe(0.0004)
+    m.response_bytes("bench", "zaken").inc(1133)
+
+
+class _FloatMetrics:
+    """gateway.metrics.Metrics' request-path collectors, each child a `_Float` cached per label values."""
+
+    def __init__(self) -> None:
+        from gateway.metrics import LATENCY_BUCKETS, OVERHEAD_BUCKETS
+
+        def family(bounds: tuple[float, ...] = ()) -> Any:
+            children: dict[tuple[str, ...], _Float] = {}
+
+            def child(*values: str) -> _Float:
+                found = children.get(values)
+                if found is None:
+                    found = children[values] = _Float(bounds)
+                return found
+
+            return child
+
+        self.token_cache, self.in_flight, self.requests, self.response_bytes = (family() for _ in range(4))
+        self.overhead = family(OVERHEAD_BUCKETS)
+        self.upstream_duration, self.request_duration = family(LATENCY_BUCKETS), family(LATENCY_BUCKETS)
+
+
+def library_ab() -> dict[str, float]:
+    """us per request: the metric work on prometheus_client children and on floats; a token cache hit on
+    cachetools' TTLCache (gateway/tokens.py) and on a dict."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.config import TokenConfig
     from gateway.metrics import Metrics
+    from gateway.tokens import TokenCache
 
-    reference = CollectorRegistry()
-    counter = Counter("ref_requests", "x", ["a"], registry=reference).labels("a")
-    histogram = Histogram("ref_seconds", "x", ["a"], registry=reference).labels("a")
-    metrics = Metrics(CollectorRegistry())
-    fast_counter = metrics.requests.labels("c", "zaken", "GET", "200", "zaken", "upstream")
-    fast_histogram = metrics.overhead.labels("zaken")
-    n = 200_000
+    prom, floats = Metrics(CollectorRegistry()), _FloatMetrics()
+    key = ("bench-client", 1, "", "")
+    tokens = TokenCache(TokenConfig(), time.time)
+    tokens.get(key, "secret-" + "x" * 32)
+    ttl, plain = tokens._cache, {key: tokens._cache[key]}
+
+    def per_call(fn: Any) -> float:
+        return min(timeit.repeat(fn, number=CALLS, repeat=5)) / CALLS * 1e6
+
     return {
-        "prometheus_client inc": timeit.timeit(counter.inc, number=n) / n * 1e6,
-        "prometheus_client observe": timeit.timeit(lambda: histogram.observe(0.004), number=n) / n * 1e6,
-        "gateway.metrics inc": timeit.timeit(fast_counter.inc, number=n) / n * 1e6,
-        "gateway.metrics observe": timeit.timeit(lambda: fast_histogram.observe(0.004), number=n) / n * 1e6,
+        "metrics: prometheus_client children": per_call(lambda: _metric_work(prom)),
+        "metrics: plain floats": per_call(lambda: _metric_work(floats)),
+        "token hit: cachetools TTLCache": per_call(lambda: ttl.get(key)),
+        "token hit: dict": per_call(lambda: plain.get(key)),
     }
+
+
+def child(section: str) -> None:
+    """Runs in the image's environment (see `in_image_env`): prints one JSON object."""
+    if section == "app":
+        import uvloop
+
+        print(json.dumps({"gateway own work": uvloop.run(app_cpu(20_000))}))
+    else:
+        print(json.dumps(library_ab()))
+
+
+def in_image_env(section: str) -> dict[str, float]:
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **IMAGE_ENV}
+    argv = ["taskset", "-c", "1", sys.executable, str(Path(__file__)), "--child", section]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=True, cwd=BENCH.parent)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def gateway_rps(given: float | None) -> float | None:
+    if given:
+        return given
+    try:
+        latest = json.loads((BENCH / "results" / "latest.json").read_text())
+        return float(latest["summary"]["rps"]["gateway"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def report_ab(figures: dict[str, float], rps: float | None) -> None:
+    budget = 1e6 / rps if rps else None  # the gateway's CPU us per request on one core
+    print("per request, us" + (f" (share of {budget:.0f} us = 1 / {rps:,.0f} req/s)" if budget else ""))
+    for name, us in figures.items():
+        print(f"  {name:38} {us:6.2f}" + (f"  {us / budget:6.1%}" if budget else ""))
+    if budget:
+        for what, a, b in (
+            ("metrics", "metrics: prometheus_client children", "metrics: plain floats"),
+            ("token cache", "token hit: cachetools TTLCache", "token hit: dict"),
+        ):
+            print(f"  {what}: the library costs {(figures[a] - figures[b]) / budget:.1%} of the gateway's CPU time")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--only", choices=["server", "client", "app", "ab"], action="append")
+    parser.add_argument("--rps", type=float, help="the gateway's req/s on one core (default: bench/results)")
+    parser.add_argument("--child", choices=["app", "ab"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return 0
+    sections = args.only or ["server", "client", "app", "ab"]
     with tempfile.TemporaryDirectory(prefix="zgw-micro-") as tmp, Processes(Path(tmp)) as procs:
-        print("server (hello-world ASGI, req/s):")
-        for name, rps in servers(procs, args.duration).items():
-            print(f"  {name:10} {rps:10.0f}")
-        port = free_port()
-        upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], 0)
-        wait_port(port, upstream)
-        print(f"client (CPU us per sequential exchange, {EXCHANGES} exchanges):")
-        for name, us in asyncio.run(client_cpu(port)).items():
-            print(f"  {name:18} {us:7.1f}")
-    print("metrics (us per call on a cached child):")
-    for name, us in metric_calls().items():
-        print(f"  {name:28} {us:6.2f}")
+        if "server" in sections:
+            print("server (hello-world ASGI, req/s):")
+            for name, rps in servers(procs, args.duration).items():
+                print(f"  {name:10} {rps:10.0f}")
+        if "client" in sections:
+            port = free_port()
+            upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], 0)
+            wait_port(port, upstream)
+            print(f"client (CPU us per sequential exchange, {EXCHANGES} exchanges):")
+            for name, us in asyncio.run(client_cpu(port)).items():
+                print(f"  {name:18} {us:7.1f}")
+    if "app" in sections:
+        print(f"app (CPU us per GET, no I/O): {in_image_env('app')['gateway own work']:.1f}")
+    if "ab" in sections:
+        report_ab(in_image_env("ab"), gateway_rps(args.rps))
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -76,7 +77,11 @@ class Processes:
         self.workdir = workdir
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], cpu: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: list[str], cpu: int, env: dict[str, str] | None = None, inherit_env: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` pinned to `cpu`, its stdout and stderr in <workdir>/<name>.log. `env` adds to this
+        process's environment, or is the whole environment when `inherit_env` is False."""
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             ["taskset", "-c", str(cpu), *argv],
@@ -84,7 +89,7 @@ class Processes:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})} if inherit_env else dict(env or {}),
             start_new_session=True,
         )
         log.close()
@@ -274,6 +279,68 @@ http {{
     return path
 
 
+# How the image runs the gateway (Dockerfile): the console script of its venv, `serve` with the config from
+# ZGW_GATEWAY_CONFIG, this environment (the base image adds LANG), stdout as the container log.
+GATEWAY_ENTRY = Path(sys.executable).parent / "zgw-gateway"  # the project's venv: the harness runs in it
+IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+
+
+def image_env(config: Path, admin_port: int, secrets: dict[str, str]) -> dict[str, str]:
+    """The gateway's whole environment, as in the container: nothing inherited from the harness."""
+    return {
+        "PATH": f"{GATEWAY_ENTRY.parent}:/usr/local/bin:/usr/bin:/bin",
+        **IMAGE_ENV,
+        "ZGW_GATEWAY_CONFIG": str(config),
+        "ZGW_GATEWAY_ADMIN_PORT": str(admin_port),
+        **secrets,
+    }
+
+
+class Scraper:
+    """Scrapes the gateway's /metrics every `interval` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, port: int, interval: float) -> None:
+        self.port = port
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self.last = b""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                status, body = http_get(self.port, "/metrics", timeout=5)
+            except (OSError, http.client.HTTPException):
+                status, body = 0, b""
+            if status == 200:
+                self.scrapes += 1
+                self.last = body
+            else:
+                self.failures += 1
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def access_lines(log: Path) -> dict[str, int]:
+    """JSON access lines in the gateway's stdout log, and the other lines (startup, shutdown, warnings)."""
+    access = other = 0
+    with contextlib.suppress(OSError), log.open("rb") as f:
+        for line in f:
+            if b'"logger":"zgw_gateway.access"' in line:
+                access += 1
+            elif line.strip():
+                other += 1
+    return {"access": access, "other": other}
+
+
 def gateway_conf(workdir: Path, port: int, admin_port: int, upstream_port: int, rewrite: bool = False) -> Path:
     up = f"http://127.0.0.1:{upstream_port}"
     extra = ", rewrite_urls: true" if rewrite else ""
@@ -283,6 +350,7 @@ admin: {{host: 127.0.0.1, port: {admin_port}}}
 public_url: http://127.0.0.1:{port}
 token: {{lifetime: 300, clock_skew: 30}}
 shutdown: {{drain_seconds: 0}}
+log: {{level: info, format: json, access: true}}
 components:
   zaken: {{prefix: /zaken/api/v1, upstream: {up}/zaken/api/v1, crs: EPSG:4326{extra}}}
   documenten: {{prefix: /documenten/api/v1, upstream: {up}/documenten/api/v1{extra}}}

@@ -256,9 +256,12 @@ class GatewayApp:
     async def forward(self, ex: Exchange, route: Route, fw: proxy.Forward, send: Send) -> None:
         self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
         outcome = ex.outcome
+        self.runtime.take_off(route)
         try:
-            with self.runtime.flight(route):
+            try:
                 await proxy.forward(fw, send, outcome)
+            finally:
+                self.runtime.land(route)  # before answering: in-flight reads 0 once the caller has its answer
         except bodies.BodyError as exc:
             return await ex.refuse(send, self._body_failed(route, exc))
         except proxy.UpstreamAborted:

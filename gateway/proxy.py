@@ -65,10 +65,8 @@ class Forward:
     on_retry: Callable[[str], None]
 
     def head(self) -> bytes:
-        lines = [b"%s %s HTTP/1.1" % (self.method.encode(), self.target)]
-        lines.extend(name + b": " + value for name, value in self.headers)
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+        fields = b"".join([b"%s: %s\r\n" % field for field in self.headers])
+        return b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method.encode(), self.target, fields)
 
 
 async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:

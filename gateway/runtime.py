@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from . import headers
 from .breaker import CircuitBreaker
@@ -178,19 +177,18 @@ class Runtime:
             and self.in_flight[route.name] < route.component.max_in_flight
         )
 
-    @contextmanager
-    def flight(self, route: Route) -> Iterator[None]:
-        """Count a request in flight to `route`'s component while the block runs."""
-        gauge = self.metrics.in_flight(route.name)
+    # A pair of calls rather than a context manager: this runs on every request, and a generator-based
+    # context manager costs as much as the counting itself (bench/micro.py --only app).
+    def take_off(self, route: Route) -> None:
+        """A request to `route`'s component is in flight; `land` when it is over, always."""
         self.in_flight[route.name] += 1
         self.total_in_flight += 1
-        gauge.inc()
-        try:
-            yield
-        finally:
-            self.in_flight[route.name] -= 1
-            self.total_in_flight -= 1
-            gauge.dec()
+        self.metrics.in_flight(route.name).inc()
+
+    def land(self, route: Route) -> None:
+        self.in_flight[route.name] -= 1
+        self.total_in_flight -= 1
+        self.metrics.in_flight(route.name).dec()
 
     def close(self) -> None:
         for pool in self.pools.values():
