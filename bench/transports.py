@@ -107,10 +107,14 @@ def pool_proxy(upstream: str) -> Starlette:
     import time
     from urllib.parse import urlsplit
 
-    from gateway.upstream import Pool, Response, Timeouts
+    from gateway.settings import Component, TimeoutsConfig
+    from gateway.upstream import Pool, Response
 
     parts = urlsplit(upstream)
-    pool = Pool(parts.hostname or "", parts.port or 80, None, POOL, Timeouts(5, 30, 5))
+    settings = Component(
+        prefix="/zaken", upstream=upstream, max_connections=POOL, timeouts=TimeoutsConfig(connect=5, read=30, pool=5)
+    )
+    pool = Pool(parts.hostname or "", parts.port or 80, None, settings)
 
     async def relay(resp: Response) -> AsyncIterator[bytes]:
         while chunk := await resp.read_chunk():
