@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,7 +25,6 @@ from .notifications import PREFIX, endpoint
 from .provision import ProvisionError
 from .secrets import SecretStore
 from .settings import NotificatiesApi
-from .tokens import mint
 
 Kanalen = frozenset[tuple[str, frozenset[tuple[str, str]]]]
 
@@ -139,27 +136,22 @@ def render(api: NotificatiesApi, changes: list[Change]) -> list[str]:
     return lines
 
 
-class NotificatiesClient:
+class NotificatiesClient(controlhttp.ApiClient):
     """The Notificaties API's abonnementen, with the `notificaties_api` client's token."""
 
     def __init__(self, api: NotificatiesApi, secret: str, config: Config, transport: httpx.BaseTransport | None = None):
-        self.url = api.url
-        token = config.token
-        jwt = mint(
-            api.client_id, secret, user_id="", user_representation="zgw-gateway provision", now=time.time(),
-            lifetime=token.lifetime, clock_skew=token.clock_skew, include_exp=token.include_exp,
-        )  # fmt: skip
-        self._http = controlhttp.client(api.tls, httpx.Timeout(api.timeout), transport)
-        self._http.headers.update({"Authorization": f"Bearer {jwt}", "Accept": "application/json"})
+        super().__init__(
+            "notificaties_api", api.url, api.client_id, secret, config.token, api.tls, api.timeout, _refusal, transport
+        )
 
     def __enter__(self) -> NotificatiesClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.close()
+        self.close()
 
     def abonnementen(self) -> list[Abonnement]:
-        body = self._send("GET", f"{self.url}/abonnement", expect=200)
+        body = self.send("GET", f"{self.url}/abonnement", expect=200)
         # 1.0 answers a plain list; a paginated answer has `results`
         items = body.get("results") or [] if isinstance(body, dict) else body
         return [Abonnement.from_api(item) for item in items]
@@ -168,28 +160,15 @@ class NotificatiesClient:
         done = []
         for c in changes:
             if c.action == "delete" and c.have and c.have.url:
-                self._send("DELETE", c.have.url, expect=204)
+                self.send("DELETE", c.have.url, expect=204)
                 done.append(f"  deleted abonnement {c.have.url}")
             elif c.action == "update" and c.want and c.have and c.have.url:
-                made = self._send("PUT", c.have.url, expect=200, body=c.want.to_api(auths[c.caller]))
+                made = self.send("PUT", c.have.url, expect=200, body=c.want.to_api(auths[c.caller]))
                 done.append(f"  updated abonnement for {c.caller} ({made.get('url')})")
             elif c.action == "create" and c.want:
-                made = self._send("POST", f"{self.url}/abonnement", expect=201, body=c.want.to_api(auths[c.caller]))
+                made = self.send("POST", f"{self.url}/abonnement", expect=201, body=c.want.to_api(auths[c.caller]))
                 done.append(f"  created abonnement for {c.caller} ({made.get('url')})")
         return done
-
-    def _send(self, method: str, url: str, *, expect: int, body: Any = None) -> Any:
-        where = f"notificaties_api: {method} {urlsplit(url).path}"
-        if not (url == self.url or url.startswith(self.url + "/")):
-            raise ProvisionError(f"{where}: {url} is not under {self.url}; the token is not sent there")
-        try:
-            response = self._http.request(method, url, json=body)
-        except httpx.HTTPError as exc:
-            kind, description = controlhttp.transport_failure(exc)
-            raise ProvisionError(f"{where}: {kind}: {description}") from None
-        if response.status_code != expect:
-            raise ProvisionError(f"{where}: {_refusal(response)}")
-        return response.json() if response.content else None
 
 
 def _refusal(response: httpx.Response) -> str:

@@ -6,10 +6,7 @@ provision.plan decided. Every URL the client sends the token to must lie under t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -18,12 +15,15 @@ from .config import Config
 from .provision import Applicatie, Change, ProvisionError, owned_client_ids, plan, render, summary, wanted
 from .secrets import SecretStore
 from .settings import AutorisatiesApi, TokenConfig
-from .tokens import mint
 
 MAX_PAGES = 1000
 
 
-class AutorisatiesClient:
+class AutorisatiesClient(controlhttp.ApiClient):
+    """One Autorisaties API's Applicaties, with its admin client's token."""
+
+    token_name = "admin token"
+
     def __init__(
         self,
         name: str,
@@ -33,25 +33,23 @@ class AutorisatiesClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.name = name
-        self.url = api.url
-        jwt = mint(
+        super().__init__(
+            f"autorisaties_apis.{name}",
+            api.url,
             api.client_id,
             secret,
-            user_id="",
-            user_representation="zgw-gateway provision",
-            now=time.time(),
-            lifetime=token.lifetime,
-            clock_skew=token.clock_skew,
-            include_exp=token.include_exp,
+            token,
+            api.tls,
+            api.timeout,
+            _refusal,
+            transport,
         )
-        self._http = controlhttp.client(api.tls, httpx.Timeout(api.timeout), transport)
-        self._http.headers.update({"Authorization": f"Bearer {jwt}", "Accept": "application/json"})
 
     def __enter__(self) -> AutorisatiesClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.close()
+        self.close()
 
     def applicaties(self) -> list[Applicatie]:
         """Every Applicatie, all pages."""
@@ -60,19 +58,19 @@ class AutorisatiesClient:
         for _ in range(MAX_PAGES):
             if url is None:
                 return found
-            body = self._send("GET", url, expect=200)
+            body = self.send("GET", url, expect=200)
             found += [Applicatie.from_api(item) for item in body.get("results") or ()]
             url = body.get("next")
         raise ProvisionError(f"autorisaties_apis.{self.name}: more than {MAX_PAGES} pages of applicaties")
 
     def create(self, app: Applicatie) -> Applicatie:
-        return Applicatie.from_api(self._send("POST", f"{self.url}/applicaties", expect=201, body=app.to_api()))
+        return Applicatie.from_api(self.send("POST", f"{self.url}/applicaties", expect=201, body=app.to_api()))
 
     def update(self, url: str, app: Applicatie) -> Applicatie:
-        return Applicatie.from_api(self._send("PUT", url, expect=200, body=app.to_api()))
+        return Applicatie.from_api(self.send("PUT", url, expect=200, body=app.to_api()))
 
     def delete(self, url: str) -> None:
-        self._send("DELETE", url, expect=204)
+        self.send("DELETE", url, expect=204)
 
     def apply(self, changes: list[Change]) -> list[str]:
         """Carry out a plan in its order; one line per change made."""
@@ -88,24 +86,6 @@ class AutorisatiesClient:
                 made = self.create(change.want)
                 done.append(f"  created {made.label} ({made.url})")
         return done
-
-    def _send(self, method: str, url: str, *, expect: int, body: Any = None) -> Any:
-        where = f"autorisaties_apis.{self.name}: {method} {urlsplit(url).path}"
-        if not _under(url, self.url):
-            raise ProvisionError(f"{where}: {url} is not under {self.url}; the admin token is not sent there")
-        try:
-            response = self._http.request(method, url, json=body)
-        except httpx.HTTPError as exc:
-            kind, description = controlhttp.transport_failure(exc)
-            raise ProvisionError(f"{where}: {kind}: {description}") from None
-        if response.status_code != expect:
-            raise ProvisionError(f"{where}: {_refusal(response)}")
-        return response.json() if response.content else None
-
-
-def _under(url: str, base: str) -> bool:
-    u, b = urlsplit(url), urlsplit(base)
-    return (u.scheme, u.netloc) == (b.scheme, b.netloc) and (u.path + "/").startswith(b.path + "/")
 
 
 def _refusal(response: httpx.Response) -> str:

@@ -1,5 +1,9 @@
 """How the control-plane commands (provision, doctor) talk HTTP, and what a ZGW server's refusal means.
 
+`ApiClient` is one ZGW API seen by one client of its own (the Autorisaties API's admin, the Notificaties
+API's client): a token minted for it, and requests only to URLs under the API's own, so the token never
+travels elsewhere.
+
 httpx, with no proxy settings from the environment, explicit timeouts, never a redirect followed (the
 token must not travel to another host), and the TLS settings of the config. Every failure becomes one
 short message; a token or secret never appears in one.
@@ -8,11 +12,17 @@ short message; a token or secret never appears in one.
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from .settings import UpstreamTLS
+from .provision import ProvisionError
+from .settings import TokenConfig, UpstreamTLS
+from .tokens import mint
+from .upstream import tls_context
 
 # What an upstream's 403 code means for a caller's credentials (../shared/ZGW.md section 3).
 FORBIDDEN = {
@@ -26,23 +36,13 @@ FORBIDDEN = {
 }
 
 
-def ssl_context(tls: UpstreamTLS) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.cert_file and tls.key_file:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
-
-
 def client(
     tls: UpstreamTLS,
     timeout: httpx.Timeout,
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     return httpx.Client(
-        verify=ssl_context(tls),
+        verify=tls_context(tls),
         timeout=timeout,
         trust_env=False,
         follow_redirects=False,
@@ -77,3 +77,53 @@ def transport_failure(exc: httpx.HTTPError) -> tuple[str, str]:
 def _reason(exc: httpx.HTTPError) -> str:
     # httpx puts the OS error text in the message (e.g. "[Errno 111] Connection refused"); no URL, no header.
     return str(exc).splitlines()[0][:120] if str(exc) else "no detail"
+
+
+class ApiClient:
+    """Requests to one ZGW API under `url`, with a token minted for `client_id`; `where` names the config key
+    in every error. `refusal` turns an unexpected answer into the words of the error."""
+
+    token_name = "token"
+
+    def __init__(
+        self,
+        where: str,
+        url: str,
+        client_id: str,
+        secret: str,
+        token: TokenConfig,
+        tls: UpstreamTLS,
+        timeout: float,
+        refusal: Callable[[httpx.Response], str],
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.where = where
+        self.url = url
+        self._refusal = refusal
+        jwt = mint(
+            client_id, secret, user_id="", user_representation="zgw-gateway provision", now=time.time(),
+            lifetime=token.lifetime, clock_skew=token.clock_skew, include_exp=token.include_exp,
+        )  # fmt: skip
+        self._http = client(tls, httpx.Timeout(timeout), transport)
+        self._http.headers.update({"Authorization": f"Bearer {jwt}", "Accept": "application/json"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(self, method: str, url: str, *, expect: int, body: Any = None) -> Any:
+        where = f"{self.where}: {method} {urlsplit(url).path}"
+        if not _under(url, self.url):
+            raise ProvisionError(f"{where}: {url} is not under {self.url}; the {self.token_name} is not sent there")
+        try:
+            response = self._http.request(method, url, json=body)
+        except httpx.HTTPError as exc:
+            kind, description = transport_failure(exc)
+            raise ProvisionError(f"{where}: {kind}: {description}") from None
+        if response.status_code != expect:
+            raise ProvisionError(f"{where}: {self._refusal(response)}")
+        return response.json() if response.content else None
+
+
+def _under(url: str, base: str) -> bool:
+    u, b = urlsplit(url), urlsplit(base)
+    return (u.scheme, u.netloc) == (b.scheme, b.netloc) and (u.path + "/").startswith(b.path + "/")

@@ -37,6 +37,7 @@ from .problems import Refused
 from .rewrite import UrlRewriter
 from .secrets import SecretStore
 from .settings import PROBE_KANAAL, RESERVED_SEGMENT, Notifications
+from .upstream import tls_context
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -77,7 +78,7 @@ def receivers(config: Config) -> dict[str, Receiver]:
         context = None
         if n.deliver_to.startswith("https://"):
             try:
-                context = controlhttp.ssl_context(n.tls)
+                context = tls_context(n.tls)
             except (OSError, ssl.SSLError) as exc:
                 errors.append(f"callers[{i}].notifications.tls: cannot load ({type(exc).__name__})")
                 continue

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 
 from .connection import Connection
-from .settings import Component
+from .settings import Component, UpstreamTLS
 
 # Idle connections older than this are not reused: servers close idle keep-alive connections after a few
 # seconds (gunicorn 2 s, uvicorn 5 s), and a request sent into a closing connection fails.
@@ -32,18 +32,19 @@ IDLE_SECONDS = 1.5
 
 
 def ssl_context(component: Component) -> ssl.SSLContext | None:
-    """None for http://; for https:// verification is on unless switched off, with the component's CA
-    bundle and client certificate when configured. SNI is the upstream's host name."""
-    if not component.upstream.startswith("https://"):
-        return None
-    tls = component.tls
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    """None for http://; for https:// the component's TLS settings. SNI is the upstream's host name."""
+    return tls_context(component.tls) if component.upstream.startswith("https://") else None
+
+
+def tls_context(tls: UpstreamTLS) -> ssl.SSLContext:
+    """Verification on unless switched off, with the CA bundle and client certificate when configured."""
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     if not tls.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     if tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return ctx
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return context
 
 
 class UpstreamError(Exception):
