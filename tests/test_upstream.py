@@ -8,6 +8,7 @@ where the order of events matters, the script and the test hand each other async
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -129,6 +130,25 @@ def test_a_stray_answer_on_an_idle_connection_closes_it() -> None:
         assert (await exchange(pool, "second"))[2] == ours("second")
 
     up = run(script, test)
+    assert markers(up) == [["first"], ["second"]]
+
+
+def test_stray_bytes_the_event_loop_has_not_handed_over_yet_are_caught_when_the_connection_is_taken() -> None:
+    """Rule 5 at the last moment: bytes already in the socket, not yet read by the event loop."""
+    closed: list[str] = []
+
+    async def test(pool: Pool, up: HostileUpstream) -> None:
+        pool.on_close = closed.append
+        assert (await exchange(pool, "first"))[2] == ours("first")
+        assert len(pool.idle) == 1
+        request = up.connections[0].requests[0]
+        fd = request.writer.get_extra_info("socket").fileno()
+        os.write(fd, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")  # no await: the loop has not run since
+        assert not pool.idle[0].closed  # the client's protocol has not seen them
+        assert (await exchange(pool, "second"))[2] == ours("second")
+        assert closed == ["stray_bytes"]
+
+    up = run(well_behaved, test)
     assert markers(up) == [["first"], ["second"]]
 
 
