@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,17 +189,43 @@ class Bench:
         self.result["rewrite"] = {"rps_median": medians, "rps_runs": runs}
 
     def latency(self) -> None:
-        out = {}
-        for name, p in self.paths.items():
-            out[name] = loadgen(
-                "rate",
-                p.url(PAGE),
-                p.header_args(),
-                ["--rate", str(self.args.rate), "--duration", str(self.args.latency_duration)],
-                timeout=self.args.latency_duration + 60,
-            )
-            r = out[name]
-            print(f"  {name:8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  statuses {r['statuses']}")
+        """Interleaved rounds like the throughput phase (a drifting machine moves every path alike); per path
+        the median of the rounds' p50 and p99. For the gateway, its access lines of each round split the
+        time: inside the app (upstream wait and its own work) and outside it (server hand-over, loopback)."""
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in self.paths}
+        for r in range(self.args.rounds):
+            for name, p in self.paths.items():
+                offset = log_size(self.workdir / "gateway.log") if name == "gateway" else 0
+                run = loadgen(
+                    "rate",
+                    p.url(PAGE),
+                    p.header_args(),
+                    ["--rate", str(self.args.rate), "--duration", str(self.args.latency_duration)],
+                    timeout=self.args.latency_duration + 60,
+                )
+                if name == "gateway":
+                    time.sleep(0.5)  # the access writer flushes every 0.1 s
+                    run["inside"] = inside_split(self.workdir / "gateway.log", offset, run["p50_ms"])
+                rounds[name].append(run)
+                split = run.get("inside")
+                extra = (
+                    f"  inside: upstream {split['upstream_ms']:.2f} + own {split['own_ms']:.2f} ms,"
+                    f" outside {split['outside_ms']:.2f} ms"
+                    if split
+                    else ""
+                )
+                print(f"  round {r + 1}/{self.args.rounds} {name:8} p50 {run['p50_ms']:6.2f} ms  p99 "
+                      f"{run['p99_ms']:6.2f} ms  statuses {run['statuses']}{extra}")  # fmt: skip
+        out: dict[str, Any] = {}
+        for name, runs in rounds.items():
+            out[name] = {
+                "p50_ms": statistics.median(x["p50_ms"] for x in runs),
+                "p99_ms": statistics.median(x["p99_ms"] for x in runs),
+                "rounds": runs,
+            }
+            splits = [x["inside"] for x in runs if x.get("inside")]
+            if splits:
+                out[name]["inside"] = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
         self.result["latency"] = out
 
     def stream(self) -> None:
@@ -242,6 +269,38 @@ def wrk(p: Target, path: str, duration: int) -> dict[str, Any]:
         "p50_ms": report["p50_us"] / 1000,
         "p99_ms": report["p99_us"] / 1000,
         "errors": errors,
+    }
+
+
+def log_size(log: Path) -> int:
+    try:
+        return log.stat().st_size
+    except OSError:
+        return 0
+
+
+def inside_split(log: Path, offset: int, p50_ms: float) -> dict[str, float] | None:
+    """Medians over the access lines written since `offset` (one latency round, warm-up included): the
+    app's time per request (`duration`: arrival in the app to the answer's last byte handed to the
+    server), the upstream's part of it, and the rest of the caller's p50, spent outside the app."""
+    durations, upstream, own = [], [], []
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            if b'"logger":"zgw_gateway.access"' not in line:
+                continue
+            rec = json.loads(line)
+            durations.append(rec["duration"] * 1000)
+            upstream.append(rec["upstream_duration"] * 1000)
+            own.append((rec["duration"] - rec["upstream_duration"]) * 1000)
+    if not durations:
+        return None
+    app = statistics.median(durations)
+    return {
+        "app_ms": app,
+        "upstream_ms": statistics.median(upstream),
+        "own_ms": statistics.median(own),
+        "outside_ms": p50_ms - app,
     }
 
 
