@@ -1,10 +1,14 @@
 """The smaller measurements behind the README's "Choices, measured": server, client, the gateway's own work,
 and the two library choices on its request path (prometheus_client children, cachetools' TTLCache).
 
-    uv run --group bench python bench/micro.py [--duration 5] [--only server|client|app|ab] [--rps N]
+    uv run --group bench python bench/micro.py [--duration 5] [--only server|floor|client|app|ab] [--rps N]
 
 - server: a hello-world ASGI app (1.1 KB JSON) under granian and under uvicorn + httptools, each on CPU 1,
   wrk -t1 -c50 on CPU 0;
+- floor: what a server adds before the gateway does anything: p50/p99 at 500 req/s (bench/loadgen.py, as
+  in bench/run's latency phase) of the upstream stub directly, then of a hello-world app and of a bare proxy
+  (the gateway's own `gateway.upstream.Pool`, no checks, no token, no metrics, no log) under granian as
+  the gateway embeds it (ASGI, HTTP/1, uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1;
 - client: CPU microseconds per sequential 1 KB JSON exchange with bench/upstream.py, aiohttp's
   ClientSession versus the gateway's own `gateway.upstream.Pool` (time.process_time of this process);
 - app: CPU microseconds per request of the gateway's own work - the whole ASGI application on the bench's
@@ -77,6 +81,83 @@ def servers(procs: Processes, duration: int) -> dict[str, float]:
         wrk_rps(port, 1)  # warm-up
         out[name] = wrk_rps(port, duration)
         procs.stop(proc)
+    return out
+
+
+def floor_app(kind: str, upstream_port: int) -> Any:
+    """The ASGI app of one `floor` server: hello, or a bare proxy of GET to the upstream stub."""
+    if kind == "hello":
+        return hello
+    from gateway.settings import Component
+    from gateway.upstream import Pool
+
+    pool = Pool("127.0.0.1", upstream_port, None, Component(prefix="/zaken", upstream="http://127.0.0.1/zaken"))
+    auth = b"authorization: Bearer x\r\naccept-crs: EPSG:4326\r\n\r\n"
+
+    async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        head = b"GET " + scope["raw_path"] + b" HTTP/1.1\r\nhost: 127.0.0.1\r\n" + auth
+        resp = await pool.request("GET", head, None, False, time.monotonic() + 10)
+        try:
+            body = await resp.read(1 << 20)
+        finally:
+            resp.release()
+        headers = [(k.lower(), v) for k, v in resp.headers if k.lower() not in (b"connection", b"keep-alive")]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return proxy
+
+
+def floor_server(server: str, kind: str, port: int, upstream_port: int) -> None:
+    """Runs one `floor` server until killed (a child process, pinned by the parent)."""
+    import uvloop
+
+    app = floor_app(kind, upstream_port)
+    if server == "uvicorn":
+        import uvicorn
+
+        config = uvicorn.Config(app, port=port, loop="none", http="httptools", lifespan="off", access_log=False)
+        uvloop.run(uvicorn.Server(config).serve())
+        return
+    from granian.constants import HTTPModes, Interfaces, TaskImpl
+    from granian.http import HTTP1Settings
+    from granian.server.embed import Server
+
+    from gateway.server import _READ_BUFFER, _batch_scheduling
+
+    _batch_scheduling()
+    embedded = Server(
+        app, port=port, interface=Interfaces.ASGINL, http=HTTPModes.http1, websockets=False,
+        task_impl=TaskImpl.asyncio, http1_settings=HTTP1Settings(max_buffer_size=_READ_BUFFER), log_access=False,
+    )  # fmt: skip
+    uvloop.run(embedded.serve())
+
+
+def floor(procs: Processes, rate: int, duration: int) -> dict[str, dict[str, float]]:
+    up = free_port()
+    upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(up)], 0)
+    wait_port(up, upstream)
+    page = "/zaken/api/v1/zaken"
+
+    def measure(port: int, headers: list[str]) -> dict[str, float]:
+        argv = ["taskset", "-c", "0", sys.executable, str(BENCH / "loadgen.py"), "rate", f"http://127.0.0.1:{port}{page}",
+                *headers, "--rate", str(rate), "--duration", str(duration)]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"]}
+
+    out = {"direct": measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])}
+    for server in ("granian", "uvicorn"):
+        for kind in ("hello", "proxy"):
+            port = free_port()
+            argv = [sys.executable, str(Path(__file__)), "--child", f"floor:{server}:{kind}:{port}:{up}"]
+            proc = procs.start(f"{server}-{kind}", argv, 1)
+            wait_port(port, proc)
+            out[f"{server} {kind}"] = measure(port, [])
+            procs.stop(proc)
+    out["direct, again"] = measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])
     return out
 
 
@@ -316,19 +397,31 @@ def report_ab(figures: dict[str, float], rps: float | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--only", choices=["server", "client", "app", "ab"], action="append")
+    parser.add_argument("--only", choices=["server", "floor", "client", "app", "ab"], action="append")
     parser.add_argument("--rps", type=float, help="the gateway's req/s on one core (default: bench/results)")
-    parser.add_argument("--child", choices=["app", "ab"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.child.startswith("floor:"):
+        _, server, kind, port, upstream_port = args.child.split(":")
+        floor_server(server, kind, int(port), int(upstream_port))
+        return 0
     if args.child:
         child(args.child)
         return 0
-    sections = args.only or ["server", "client", "app", "ab"]
+    sections = args.only or ["server", "floor", "client", "app", "ab"]
     with tempfile.TemporaryDirectory(prefix="zgw-micro-") as tmp, Processes(Path(tmp)) as procs:
         if "server" in sections:
             print("server (hello-world ASGI, req/s):")
             for name, rps in servers(procs, args.duration).items():
                 print(f"  {name:10} {rps:10.0f}")
+        if "floor" in sections:
+            print("floor (500 req/s, ms; added = p50 minus direct's):")
+            figures = floor(procs, 500, max(args.duration, 5))
+            base = figures["direct"]["p50_ms"]
+            for name, f in figures.items():
+                print(
+                    f"  {name:16} p50 {f['p50_ms']:5.2f}  p99 {f['p99_ms']:5.2f}  added p50 {f['p50_ms'] - base:5.2f}"
+                )
         if "client" in sections:
             port = free_port()
             upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], 0)
