@@ -7,8 +7,9 @@ and the two library choices on its request path (prometheus_client children, cac
   wrk -t1 -c50 on CPU 0;
 - floor: what a server adds before the gateway does anything: p50/p99 at 500 req/s (bench/loadgen.py, as
   in bench/run's latency phase) of the upstream stub directly, then of a hello-world app and of a bare proxy
-  (the gateway's own `gateway.upstream.Pool`, no checks, no token, no metrics, no log) under granian as
-  the gateway embeds it (ASGI, HTTP/1, uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1;
+  (the gateway's own `gateway.upstream.Pool`, no checks, no token, no metrics, no log) and of the gateway
+  itself (the bench's config, access log on), each under granian as the gateway embeds it (ASGI, HTTP/1,
+  uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1;
 - client: CPU microseconds per sequential 1 KB JSON exchange with bench/upstream.py, aiohttp's
   ClientSession versus the gateway's own `gateway.upstream.Pool` (time.process_time of this process);
 - app: CPU microseconds per request of the gateway's own work - the whole ASGI application on the bench's
@@ -85,9 +86,19 @@ def servers(procs: Processes, duration: int) -> dict[str, float]:
 
 
 def floor_app(kind: str, upstream_port: int) -> Any:
-    """The ASGI app of one `floor` server: hello, or a bare proxy of GET to the upstream stub."""
+    """The ASGI app of one `floor` server: hello, a bare proxy of GET to the upstream stub, or the gateway
+    itself on the bench's config (access log to stdout, metrics on)."""
     if kind == "hello":
         return hello
+    if kind == "gateway":
+        from gateway import logs
+        from gateway.app import create_app
+        from gateway.config import load
+
+        with tempfile.TemporaryDirectory() as tmp:
+            config = load(gateway_conf(Path(tmp), 8000, 9100, upstream_port))  # ports unused: served below
+        logs.setup(config.log.level, config.log.format)
+        return create_app(config)
     from gateway.settings import Component
     from gateway.upstream import Pool
 
@@ -118,7 +129,8 @@ def floor_server(server: str, kind: str, port: int, upstream_port: int) -> None:
     if server == "uvicorn":
         import uvicorn
 
-        config = uvicorn.Config(app, port=port, loop="none", http="httptools", lifespan="off", access_log=False)
+        lifespan = "on" if kind == "gateway" else "off"
+        config = uvicorn.Config(app, port=port, loop="none", http="httptools", lifespan=lifespan, access_log=False)
         uvloop.run(uvicorn.Server(config).serve())
         return
     from granian.constants import HTTPModes, Interfaces, TaskImpl
@@ -128,8 +140,9 @@ def floor_server(server: str, kind: str, port: int, upstream_port: int) -> None:
     from gateway.server import _READ_BUFFER, _batch_scheduling
 
     _batch_scheduling()
+    interface = Interfaces.ASGI if kind == "gateway" else Interfaces.ASGINL  # the gateway has a lifespan
     embedded = Server(
-        app, port=port, interface=Interfaces.ASGINL, http=HTTPModes.http1, websockets=False,
+        app, port=port, interface=interface, http=HTTPModes.http1, websockets=False,
         task_impl=TaskImpl.asyncio, http1_settings=HTTP1Settings(max_buffer_size=_READ_BUFFER), log_access=False,
     )  # fmt: skip
     uvloop.run(embedded.serve())
@@ -149,13 +162,14 @@ def floor(procs: Processes, rate: int, duration: int) -> dict[str, dict[str, flo
         return {"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"]}
 
     out = {"direct": measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])}
-    for server in ("granian", "uvicorn"):
-        for kind in ("hello", "proxy"):
+    key = {"BENCH_API_KEY": "floor-key-" + "k" * 16, "BENCH_SECRET": "floor-secret-" + "s" * 32}
+    for kind in ("hello", "proxy", "gateway"):
+        for server in ("granian", "uvicorn"):
             port = free_port()
             argv = [sys.executable, str(Path(__file__)), "--child", f"floor:{server}:{kind}:{port}:{up}"]
-            proc = procs.start(f"{server}-{kind}", argv, 1)
+            proc = procs.start(f"{server}-{kind}", argv, 1, {**IMAGE_ENV, **key})
             wait_port(port, proc)
-            out[f"{server} {kind}"] = measure(port, [])
+            out[f"{server} {kind}"] = measure(port, ["-H", f"X-API-Key: {key['BENCH_API_KEY']}"])
             procs.stop(proc)
     out["direct, again"] = measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])
     return out
