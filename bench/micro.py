@@ -9,7 +9,7 @@ and the two library choices on its request path (prometheus_client children, cac
   in bench/run's latency phase) of the upstream stub directly, then of a hello-world app and of a bare proxy
   (the gateway's own `gateway.upstream.Pool`, no checks, no token, no metrics, no log) and of the gateway
   itself (the bench's config, access log on), each under granian as the gateway embeds it (ASGI, HTTP/1,
-  uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1;
+  uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1; then each one's req/s under wrk -t1 -c50;
 - client: CPU microseconds per sequential 1 KB JSON exchange with bench/upstream.py, aiohttp's
   ClientSession versus the gateway's own `gateway.upstream.Pool` (time.process_time of this process);
 - app: CPU microseconds per request of the gateway's own work - the whole ASGI application on the bench's
@@ -56,9 +56,20 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": BODY})
 
 
-def wrk_rps(port: int, duration: int) -> float:
+def wrk_rps(port: int, duration: int, path: str = "/", api_key: str = "") -> float:
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", "-c50", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+        [
+            "taskset",
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            "-c50",
+            f"-d{duration}s",
+            "-H",
+            f"X-API-Key: {api_key}",
+            f"http://127.0.0.1:{port}{path}",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -170,6 +181,7 @@ def floor(procs: Processes, rate: int, duration: int) -> dict[str, dict[str, flo
             proc = procs.start(f"{server}-{kind}", argv, 1, {**IMAGE_ENV, **key})
             wait_port(port, proc)
             out[f"{server} {kind}"] = measure(port, ["-H", f"X-API-Key: {key['BENCH_API_KEY']}"])
+            out[f"{server} {kind}"]["rps"] = wrk_rps(port, duration, page, key["BENCH_API_KEY"])
             procs.stop(proc)
     out["direct, again"] = measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])
     return out
@@ -429,12 +441,13 @@ def main() -> int:
             for name, rps in servers(procs, args.duration).items():
                 print(f"  {name:10} {rps:10.0f}")
         if "floor" in sections:
-            print("floor (500 req/s, ms; added = p50 minus direct's):")
+            print("floor (500 req/s, ms; added = p50 minus direct's; then req/s under wrk -t1 -c50):")
             figures = floor(procs, 500, max(args.duration, 5))
             base = figures["direct"]["p50_ms"]
             for name, f in figures.items():
+                rps = f"  {f['rps']:7.0f} req/s" if "rps" in f else ""
                 print(
-                    f"  {name:16} p50 {f['p50_ms']:5.2f}  p99 {f['p99_ms']:5.2f}  added p50 {f['p50_ms'] - base:5.2f}"
+                    f"  {name:16} p50 {f['p50_ms']:5.2f}  p99 {f['p99_ms']:5.2f}  added {f['p50_ms'] - base:5.2f}{rps}"
                 )
         if "client" in sections:
             port = free_port()
