@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -27,9 +28,27 @@ SPECS = ROOT.parent / "shared" / "zgw-specs"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a server a test is about to start. Taken below the kernel's ephemeral
+    range: a port from that range (what binding to port 0 gives) can become the source port of any outgoing
+    connection - the gateway's to its upstream, a client's - before the server binds it. Random, so suites
+    running side by side rarely pick the same one."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 16384), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
