@@ -1,7 +1,7 @@
 """The smaller measurements behind the README's "Choices, measured": server, client, the gateway's own work,
 and the two library choices on its request path (prometheus_client children, cachetools' TTLCache).
 
-    uv run --group bench python bench/micro.py [--duration 5] [--only server|floor|client|app|ab] [--rps N]
+    uv run --group bench python bench/micro.py [--duration 5] [--rounds 3] [--only server|floor|client|app|ab] [--rps N]
 
 - server: a hello-world ASGI app (1.1 KB JSON) under granian and under uvicorn + httptools, each on CPU 1,
   wrk -t1 -c50 on CPU 0;
@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -159,32 +160,39 @@ def floor_server(server: str, kind: str, port: int, upstream_port: int) -> None:
     uvloop.run(embedded.serve())
 
 
-def floor(procs: Processes, rate: int, duration: int) -> dict[str, dict[str, float]]:
+def floor(procs: Processes, rate: int, duration: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Medians over `rounds` interleaved rounds: per server and app the added p50 (its p50 minus the mean of
+    direct's before and after it in that round: the machine drifts), its p99, and its req/s."""
     up = free_port()
     upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(up)], 0)
     wait_port(up, upstream)
-    page = "/zaken/api/v1/zaken"
+    from harness import PAGE, loadgen  # the latency phase's own load generator call
 
     def measure(port: int, headers: list[str]) -> dict[str, float]:
-        argv = ["taskset", "-c", "0", sys.executable, str(BENCH / "loadgen.py"), "rate", f"http://127.0.0.1:{port}{page}",
-                *headers, "--rate", str(rate), "--duration", str(duration)]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        extra = ["--rate", str(rate), "--duration", str(duration)]
+        result = loadgen("rate", f"http://127.0.0.1:{port}{PAGE}", headers, extra, timeout=duration + 60)
         return {"p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"]}
 
-    out = {"direct": measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])}
+    def direct() -> float:
+        return measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])["p50_ms"]
+
     key = {"BENCH_API_KEY": "floor-key-" + "k" * 16, "BENCH_SECRET": "floor-secret-" + "s" * 32}
-    for kind in ("hello", "proxy", "gateway"):
-        for server in ("granian", "uvicorn"):
-            port = free_port()
-            argv = [sys.executable, str(Path(__file__)), "--child", f"floor:{server}:{kind}:{port}:{up}"]
-            proc = procs.start(f"{server}-{kind}", argv, 1, {**IMAGE_ENV, **key})
-            wait_port(port, proc)
-            out[f"{server} {kind}"] = measure(port, ["-H", f"X-API-Key: {key['BENCH_API_KEY']}"])
-            out[f"{server} {kind}"]["rps"] = wrk_rps(port, duration, page, key["BENCH_API_KEY"])
-            procs.stop(proc)
-    out["direct, again"] = measure(up, ["-H", "Authorization: Bearer x", "-H", "Accept-Crs: EPSG:4326"])
-    return out
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        before, found = direct(), {}
+        for kind in ("hello", "proxy", "gateway"):
+            for server in ("granian", "uvicorn"):
+                port = free_port()
+                argv = [sys.executable, str(Path(__file__)), "--child", f"floor:{server}:{kind}:{port}:{up}"]
+                proc = procs.start(f"{server}-{kind}", argv, 1, {**IMAGE_ENV, **key})
+                wait_port(port, proc)
+                found[f"{server} {kind}"] = measure(port, ["-H", f"X-API-Key: {key['BENCH_API_KEY']}"])
+                found[f"{server} {kind}"]["rps"] = wrk_rps(port, duration, PAGE, key["BENCH_API_KEY"])
+                procs.stop(proc)
+        base = (before + direct()) / 2
+        for name, f in found.items():
+            runs.setdefault(name, []).append({"added_ms": f["p50_ms"] - base, "p99_ms": f["p99_ms"], "rps": f["rps"]})
+    return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
 
 
 async def client_cpu(port: int) -> dict[str, float]:
@@ -423,6 +431,7 @@ def report_ab(figures: dict[str, float], rps: float | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --only floor")
     parser.add_argument("--only", choices=["server", "floor", "client", "app", "ab"], action="append")
     parser.add_argument("--rps", type=float, help="the gateway's req/s on one core (default: bench/results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -441,14 +450,11 @@ def main() -> int:
             for name, rps in servers(procs, args.duration).items():
                 print(f"  {name:10} {rps:10.0f}")
         if "floor" in sections:
-            print("floor (500 req/s, ms; added = p50 minus direct's; then req/s under wrk -t1 -c50):")
-            figures = floor(procs, 500, max(args.duration, 5))
-            base = figures["direct"]["p50_ms"]
-            for name, f in figures.items():
-                rps = f"  {f['rps']:7.0f} req/s" if "rps" in f else ""
-                print(
-                    f"  {name:16} p50 {f['p50_ms']:5.2f}  p99 {f['p99_ms']:5.2f}  added {f['p50_ms'] - base:5.2f}{rps}"
-                )
+            print(
+                f"floor (medians of {args.rounds} rounds; p50 at 500 req/s minus direct's, p99; req/s, wrk -t1 -c50):"
+            )
+            for name, f in floor(procs, 500, max(args.duration, 5), args.rounds).items():
+                print(f"  {name:16} added {f['added_ms']:5.2f} ms  p99 {f['p99_ms']:5.2f} ms  {f['rps']:7.0f} req/s")
         if "client" in sections:
             port = free_port()
             upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], 0)

@@ -4,8 +4,8 @@ Both listeners are granian servers embedded in the gateway's own asyncio loop. G
 uvicorn because it bounds what a slow or hostile client can hold: a header-read timeout cuts slowloris
 connections (uvicorn has none, encode/uvicorn#157), oversized headers get 431 before the app runs, and
 its HTTP/1 parser refuses obs-fold, bare LF, whitespace before the colon and CR in values. See
-docs/security.md for the measurements. It is also faster here: the gateway under granian serves 1.6 x the
-requests per second it serves under uvicorn, at about the same added latency (bench/micro.py --only floor;
+docs/security.md for the measurements. The gateway under granian also serves 1.1-1.5 x the requests per
+second it serves under uvicorn, for 0.12 ms more at p50 at 500 req/s (bench/micro.py --only floor;
 bench/README.md, "Where the added latency goes"). ASGI rather than granian's own RSGI, which a bare proxy
 served 20 % faster (measured by hand): RSGI hands the app a percent-decoded path (`/a%2Fb` arrives as
 `/a/b`), silently drops request header values that are not ASCII, and ends a response stream the app
