@@ -204,8 +204,7 @@ class Bench:
                     timeout=self.args.latency_duration + 60,
                 )
                 if name == "gateway":
-                    time.sleep(0.5)  # the access writer flushes every 0.1 s
-                    run["inside"] = inside_split(self.workdir / "gateway.log", offset, run["p50_ms"])
+                    run["inside"] = inside_split(self.workdir / "gateway.log", offset, run)
                 rounds[name].append(run)
                 split = run.get("inside")
                 extra = (
@@ -279,28 +278,26 @@ def log_size(log: Path) -> int:
         return 0
 
 
-def inside_split(log: Path, offset: int, p50_ms: float) -> dict[str, float] | None:
+def inside_split(log: Path, offset: int, run: dict[str, Any]) -> dict[str, float] | None:
     """Medians over the access lines written since `offset` (one latency round, warm-up included): the
     app's time per request (`duration`: arrival in the app to the answer's last byte handed to the
-    server), the upstream's part of it, and the rest of the caller's p50, spent outside the app."""
-    durations, upstream, own = [], [], []
-    with log.open("rb") as f:
-        f.seek(offset)
-        for line in f:
-            if b'"logger":"zgw_gateway.access"' not in line:
-                continue
-            rec = json.loads(line)
-            durations.append(rec["duration"] * 1000)
-            upstream.append(rec["upstream_duration"] * 1000)
-            own.append((rec["duration"] - rec["upstream_duration"]) * 1000)
-    if not durations:
+    server), the upstream's part of it, and the rest of the caller's p50, spent outside the app. Waits
+    (at most 10 s) until the round's counted requests have their lines: the access writer buffers them."""
+    lines: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(lines) < run["requests"] and time.monotonic() < deadline:
+        with log.open("rb") as f:
+            f.seek(offset)
+            lines = [json.loads(line) for line in f if b'"logger":"zgw_gateway.access"' in line]
+        time.sleep(0.05)
+    if not lines:
         return None
-    app = statistics.median(durations)
+    app = statistics.median(x["duration"] * 1000 for x in lines)
     return {
         "app_ms": app,
-        "upstream_ms": statistics.median(upstream),
-        "own_ms": statistics.median(own),
-        "outside_ms": p50_ms - app,
+        "upstream_ms": statistics.median(x["upstream_duration"] * 1000 for x in lines),
+        "own_ms": statistics.median((x["duration"] - x["upstream_duration"]) * 1000 for x in lines),
+        "outside_ms": run["p50_ms"] - app,
     }
 
 

@@ -10,6 +10,7 @@ and the two library choices on its request path (prometheus_client children, cac
   (the gateway's own `gateway.upstream.Pool`, no checks, no token, no metrics, no log) and of the gateway
   itself (the bench's config, access log on), each under granian as the gateway embeds it (ASGI, HTTP/1,
   uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1; then each one's req/s under wrk -t1 -c50;
+  in interleaved rounds (`--rounds`), medians reported;
 - client: CPU microseconds per sequential 1 KB JSON exchange with bench/upstream.py, aiohttp's
   ClientSession versus the gateway's own `gateway.upstream.Pool` (time.process_time of this process);
 - app: CPU microseconds per request of the gateway's own work - the whole ASGI application on the bench's

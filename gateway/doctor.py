@@ -20,7 +20,7 @@ from . import abonnementen, controlhttp
 from .config import Config
 from .provision import ProvisionError
 from .secrets import SecretStore
-from .settings import SecretRef, UpstreamTLS
+from .settings import AutorisatiesApi, NotificatiesApi, SecretRef, UpstreamTLS
 from .tokens import mint
 from .zgw import CRS
 
@@ -103,36 +103,30 @@ def probes(config: Config) -> list[Probe]:
                 )
                 for which, client_id, secret in pairs
             ]
-    for name, api in config.autorisaties_apis.items():
-        found.append(
-            Probe(
-                caller="-",
-                component=f"autorisaties_apis.{name}",
-                client_id=api.client_id,
-                which="admin",
-                secret=api.secret,
-                url=f"{api.url}/applicaties",
-                crs=False,
-                tls=api.tls,
-                timeout=httpx.Timeout(api.timeout),
-                rights_fix="give the admin client all rights: its Applicatie is in provision --emit open-zaak",
-            )
-        )
+    # The admin clients: the gateway's own Applicaties on the Autorisaties APIs and on Open Notificaties.
+    admins: list[tuple[str, AutorisatiesApi | NotificatiesApi, str, str]] = [
+        (f"autorisaties_apis.{name}", api, "/applicaties",
+         "give the admin client all rights: its Applicatie is in provision --emit open-zaak")
+        for name, api in config.autorisaties_apis.items()
+    ]  # fmt: skip
     if (nrc := config.notificaties_api) is not None:
-        found.append(
-            Probe(
-                caller="-",
-                component="notificaties_api",
-                client_id=nrc.client_id,
-                which="admin",
-                secret=nrc.secret,
-                url=f"{nrc.url}/kanaal",
-                crs=False,
-                tls=nrc.tls,
-                timeout=httpx.Timeout(nrc.timeout),
-                rights_fix="grant notificaties_api.client_id notificaties.consumeren (component nrc)",
-            )
+        admins.append(("notificaties_api", nrc, "/kanaal",
+                       "grant notificaties_api.client_id notificaties.consumeren (component nrc)"))  # fmt: skip
+    found.extend(
+        Probe(
+            caller="-",
+            component=component,
+            client_id=api.client_id,
+            which="admin",
+            secret=api.secret,
+            url=api.url + path,
+            crs=False,
+            tls=api.tls,
+            timeout=httpx.Timeout(api.timeout),
+            rights_fix=fix,
         )
+        for component, api, path, fix in admins
+    )
     return found
 
 
