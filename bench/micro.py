@@ -7,12 +7,12 @@ and the two library choices on its request path (prometheus_client children, cac
   wrk -t1 -c50 on CPU 0;
 - floor: what a server adds before the gateway does anything: p50/p99 at 500 req/s (bench/loadgen.py, as
   in bench/run's latency phase) of the upstream stub directly, then of a hello-world app and of a bare proxy
-  (the gateway's own `gateway.upstream.Pool`, no checks, no token, no metrics, no log) and of the gateway
+  (the gateway's own `gateway.http1.pool.Pool`, no checks, no token, no metrics, no log) and of the gateway
   itself (the bench's config, access log on), each under granian as the gateway embeds it (ASGI, HTTP/1,
   uvloop, SCHED_BATCH) and under uvicorn + httptools, on CPU 1; then each one's req/s under wrk -t1 -c50;
   in interleaved rounds (`--rounds`), medians reported;
 - client: CPU microseconds per sequential 1 KB JSON exchange with bench/upstream.py, aiohttp's
-  ClientSession versus the gateway's own `gateway.upstream.Pool` (time.process_time of this process);
+  ClientSession versus the gateway's own `gateway.http1.pool.Pool` (time.process_time of this process);
 - app: CPU microseconds per request of the gateway's own work - the whole ASGI application on the bench's
   config, access log and metrics on, with its pools answering from memory (no sockets, no server);
 - ab: the per-request metric work (exactly the calls a proxied GET makes: gateway/app.py `token`,
@@ -104,16 +104,16 @@ def floor_app(kind: str, upstream_port: int) -> Any:
     if kind == "hello":
         return hello
     if kind == "gateway":
-        from gateway import logs
-        from gateway.app import create_app
-        from gateway.config import load
+        from gateway.config.loading import load
+        from gateway.dataplane import logs
+        from gateway.dataplane.app import create_app
 
         with tempfile.TemporaryDirectory() as tmp:
             config = load(gateway_conf(Path(tmp), 8000, 9100, upstream_port))  # ports unused: served below
         logs.setup(config.log.level, config.log.format)
         return create_app(config)
-    from gateway.settings import Component
-    from gateway.upstream import Pool
+    from gateway.config.sections import Component
+    from gateway.http1.pool import Pool
 
     pool = Pool("127.0.0.1", upstream_port, None, Component(prefix="/zaken", upstream="http://127.0.0.1/zaken"))
     auth = b"authorization: Bearer x\r\naccept-crs: EPSG:4326\r\n\r\n"
@@ -150,7 +150,7 @@ def floor_server(server: str, kind: str, port: int, upstream_port: int) -> None:
     from granian.http import HTTP1Settings
     from granian.server.embed import Server
 
-    from gateway.server import _READ_BUFFER, _batch_scheduling
+    from gateway.dataplane.server import _READ_BUFFER, _batch_scheduling
 
     _batch_scheduling()
     interface = Interfaces.ASGI if kind == "gateway" else Interfaces.ASGINL  # the gateway has a lifespan
@@ -199,8 +199,8 @@ def floor(procs: Processes, rate: int, duration: int, rounds: int) -> dict[str, 
 async def client_cpu(port: int) -> dict[str, float]:
     import aiohttp
 
-    from gateway.config import Component
-    from gateway.upstream import Pool
+    from gateway.config.loading import Component
+    from gateway.http1.pool import Pool
 
     head = (
         b"GET /zaken/api/v1/zaken HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -224,7 +224,7 @@ async def client_cpu(port: int) -> dict[str, float]:
         resp.release()
 
     out = {}
-    for name, one in (("aiohttp", aio), ("gateway.upstream", own)):
+    for name, one in (("aiohttp", aio), ("gateway.http1.pool", own)):
         for _ in range(300):
             await one()
         started = time.process_time()
@@ -270,9 +270,9 @@ class _MemoryPool:
 
 async def app_cpu(requests: int) -> float:
     """CPU us per GET of the gateway's own work (best of 5 runs), access lines written to /dev/null."""
-    from gateway import logs
-    from gateway.app import create_app
-    from gateway.config import load
+    from gateway.config.loading import load
+    from gateway.dataplane import logs
+    from gateway.dataplane.app import create_app
 
     os.environ.update(BENCH_API_KEY="micro-key", BENCH_SECRET="micro-secret-" + "x" * 32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -341,10 +341,10 @@ def _metric_work(m: Any) -> None:
 
 
 class _FloatMetrics:
-    """gateway.metrics.Metrics' request-path collectors, each child a `_Float` cached per label values."""
+    """gateway.dataplane.metrics.Metrics' request-path collectors, each child a `_Float` cached per label values."""
 
     def __init__(self) -> None:
-        from gateway.metrics import LATENCY_BUCKETS, OVERHEAD_BUCKETS
+        from gateway.dataplane.metrics import LATENCY_BUCKETS, OVERHEAD_BUCKETS
 
         def family(bounds: tuple[float, ...] = ()) -> Any:
             children: dict[tuple[str, ...], _Float] = {}
@@ -367,9 +367,9 @@ def library_ab() -> dict[str, float]:
     cachetools' TTLCache (gateway/tokens.py) and on a dict."""
     from prometheus_client import CollectorRegistry
 
-    from gateway.config import TokenConfig
-    from gateway.metrics import Metrics
-    from gateway.tokens import TokenCache
+    from gateway.config.loading import TokenConfig
+    from gateway.dataplane.metrics import Metrics
+    from gateway.dataplane.tokens import TokenCache
 
     prom, floats = Metrics(CollectorRegistry()), _FloatMetrics()
     key = ("bench-client", 1, "", "")

@@ -5,7 +5,7 @@ Three minimal Starlette streaming proxies, identical but for the client that tal
 - ``httpx``: httpx.AsyncClient on its default transport (httpcore);
 - ``httpx-aiohttp``: the same httpx API on the ``httpx_aiohttp.AiohttpTransport``;
 - ``aiohttp``: aiohttp.ClientSession used directly;
-- ``gateway``: the gateway's own client, ``gateway.upstream.Pool`` (keep-alive pool, llhttp parser).
+- ``gateway``: the gateway's own client, ``gateway.http1.pool.Pool`` (keep-alive pool, llhttp parser).
 
 Each is served by granian (asgi, 1 worker) and by uvicorn (uvloop + httptools), pinned to CPU 1, in
 front of bench/upstream.py on CPU 0, and measured with ``wrk -t1 -c50`` (also on CPU 0):
@@ -107,8 +107,8 @@ def pool_proxy(upstream: str) -> Starlette:
     import time
     from urllib.parse import urlsplit
 
-    from gateway.settings import Component, TimeoutsConfig
-    from gateway.upstream import Pool, Response
+    from gateway.config.sections import Component, TimeoutsConfig
+    from gateway.http1.pool import Pool, Response
 
     parts = urlsplit(upstream)
     settings = Component(

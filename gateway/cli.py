@@ -16,11 +16,12 @@ from importlib import resources
 
 import jwt
 
-from . import __version__, logs, server
-from .app import create_app
-from .config import Config, ConfigError, load
-from .secrets import SecretStore
-from .tokens import mint
+from gateway import __version__
+from gateway.config.loading import Config, ConfigError, load
+from gateway.config.secrets import SecretStore
+from gateway.dataplane import logs, server
+from gateway.dataplane.app import create_app
+from gateway.dataplane.tokens import mint
 
 DEFAULT_CONFIG = "config.yaml"
 DEMO_ENV = {
@@ -143,8 +144,8 @@ def cmd_credentials_new(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from . import abonnementen, autorisaties, openzaak_setup
-    from .provision import ProvisionError
+    from gateway.controlplane import abonnementen, autorisaties, openzaak_setup
+    from gateway.controlplane.provision import ProvisionError
 
     config = _load_or_exit(_config_path(args.config))
     if args.emit and (args.apply or args.prune):
@@ -170,7 +171,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
+    from gateway.controlplane import doctor
 
     checks = doctor.run(_load_or_exit(_config_path(args.config)))
     if args.json:

@@ -1,4 +1,4 @@
-"""Does the chart's values.schema.json describe `config` exactly as gateway.config validates it?
+"""Does the chart's values.schema.json describe `config` exactly as gateway.config.loading validates it?
 
 The chart's own keys are written by hand in values.schema.json; the `config` part (definition `Config`
 and the definitions it refers to) is generated from the pydantic models, so a wrong type or an unknown
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config
+from gateway.config.loading import Config
 
 SCHEMA = Path(__file__).resolve().parent.parent / "helm" / "zgw-gateway" / "values.schema.json"
 # Hand-written definitions carry this prefix; every other definition is generated.

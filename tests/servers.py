@@ -136,8 +136,8 @@ def gateway_in_thread(
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
-    from gateway.app import create_app
-    from gateway.config import parse
+    from gateway.config.loading import parse
+    from gateway.dataplane.app import create_app
 
     registry = CollectorRegistry()
     app = create_app(parse(config), clock=clock, environ=environ, registry=registry)

@@ -1,4 +1,4 @@
-"""Abonnementen from the config (gateway.abonnementen): the plan, applying it, idempotence, prune, doctor.
+"""Abonnementen from the config (gateway.controlplane.abonnementen): the plan, applying it, idempotence, prune, doctor.
 
 A fake Notificaties API (httpx.MockTransport) holds abonnementen as Open Notificaties shows them: `auth` is
 write-only. tests/test_opennotificaties.py does the same against the real Open Notificaties.
@@ -14,9 +14,9 @@ import httpx
 import pytest
 from conftest import base_config
 
-from gateway import abonnementen, doctor
-from gateway.config import parse
-from gateway.provision import ProvisionError
+from gateway.config.loading import parse
+from gateway.controlplane import abonnementen, doctor
+from gateway.controlplane.provision import ProvisionError
 
 NRC = "http://nrc.test/api/v1"
 AUTH = "Token first-auth-value-of-the-abonnement"

@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.autorisaties import provision
 from gateway.cli import main
-from gateway.config import parse
-from gateway.provision import ProvisionError
+from gateway.config.loading import parse
+from gateway.controlplane.autorisaties import provision
+from gateway.controlplane.provision import ProvisionError
 
 ADMIN_SECRET = "admin-secret-for-the-fake-autorisaties-api-0123"
 

@@ -1,8 +1,8 @@
-"""The per-component circuit breaker (gateway.breaker), driven by a fake clock."""
+"""The per-component circuit breaker (gateway.dataplane.breaker), driven by a fake clock."""
 
 from __future__ import annotations
 
-from gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from gateway.dataplane.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class FakeClock:

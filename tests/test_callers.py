@@ -1,4 +1,4 @@
-"""Identifying the caller of a request (gateway.callers)."""
+"""Identifying the caller of a request (gateway.dataplane.callers)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.callers import CallerDirectory, Peer, RateLimiter
-from gateway.config import parse
-from gateway.secrets import SecretStore
-from gateway.settings import CallerConfig
+from gateway.config.loading import parse
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import CallerConfig
+from gateway.dataplane.callers import CallerDirectory, Peer, RateLimiter
 
 DMS_KEY = "dms-api-key-5f1e9c3a7b2d4e6f8a0c"
 BI_KEY = "bi-api-key-2b4d6f8a0c1e3a5c7e9b"

@@ -411,7 +411,7 @@ def test_alert_rules_and_dashboard_queries_pass_promtool(helm: str, tmp_path: Pa
 def test_promql_uses_only_metrics_the_gateway_exports(helm: str) -> None:
     from prometheus_client import CollectorRegistry
 
-    from gateway.metrics import Metrics
+    from gateway.dataplane.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)

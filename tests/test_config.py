@@ -1,4 +1,4 @@
-"""Loading and validating config.yaml (gateway.config): every error names its key path."""
+"""Loading and validating config.yaml (gateway.config.loading): every error names its key path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import Config, ConfigError, load, parse
+from gateway.config.loading import Config, ConfigError, load, parse
 
 SHA = "a" * 64
 

@@ -17,9 +17,9 @@ from conftest import CLIENT_ID, GATEWAY_ENV, OTHER_CLIENT_ID, SANDBOX_CLIENTS, S
 from servers import ThreadServer, free_port
 from zgw_sandbox import create_sandbox_app
 
-from gateway import doctor
 from gateway.cli import main
-from gateway.config import parse
+from gateway.config.loading import parse
+from gateway.controlplane import doctor
 
 
 def checks_of(config: dict[str, Any], environ: dict[str, str] | None = None) -> dict[tuple[str, str, str], Any]:

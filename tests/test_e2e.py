@@ -211,8 +211,8 @@ def test_expired_token_is_evicted_reminted_and_retried_once() -> None:
     from prometheus_client import CollectorRegistry
     from zgw_sandbox import create_sandbox_app
 
-    from gateway.app import create_app
-    from gateway.config import parse
+    from gateway.config.loading import parse
+    from gateway.dataplane.app import create_app
 
     now = time.time()
     gateway_clock = [now]

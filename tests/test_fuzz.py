@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from servers import GatewayProcess, ThreadServer
 from test_security import Recorder, raw_request
 
-from gateway.config import Config, ConfigError, parse
+from gateway.config.loading import Config, ConfigError, parse
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None

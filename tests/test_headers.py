@@ -1,10 +1,10 @@
-"""Which header fields cross the gateway (gateway.headers): table-driven, both directions."""
+"""Which header fields cross the gateway (gateway.dataplane.headers): table-driven, both directions."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.headers import ALWAYS_DROPPED, first, is_identity_encoded, to_caller, to_upstream, values
+from gateway.dataplane.headers import ALWAYS_DROPPED, first, is_identity_encoded, to_caller, to_upstream, values
 
 H = list[tuple[bytes, bytes]]
 

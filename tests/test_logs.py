@@ -226,7 +226,7 @@ class CountingStream:
 def test_the_access_writer_batches_lines_whatever_the_stream_buffers() -> None:
     import asyncio
 
-    from gateway import logs
+    from gateway.dataplane import logs
 
     stream = CountingStream()
     writer = logs._AccessWriter(stream, "json")

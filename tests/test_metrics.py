@@ -1,4 +1,4 @@
-"""The gateway's metric catalogue (gateway.metrics): cached children, bounded label sets, a valid exposition.
+"""The gateway's metric catalogue (gateway.dataplane.metrics): cached children, bounded label sets, a valid exposition.
 
 The families themselves are prometheus_client's; tests/test_metrics_prometheus.py checks what a real
 Prometheus reads after known traffic.
@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from gateway.metrics import FAILURE_REASONS, Metrics, forbidden_code, method_label
+from gateway.dataplane.metrics import FAILURE_REASONS, Metrics, forbidden_code, method_label
 
 P = "zgw_gateway"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"

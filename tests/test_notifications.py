@@ -1,4 +1,4 @@
-"""The notification endpoint (gateway.notifications): probes, the auth check, relaying, failures, records.
+"""The notification endpoint (gateway.dataplane.notifications): probes, the auth check, relaying, failures, records.
 
 A fake Open Notificaties (httpx here) posts to the gateway; a plain legacy receiver (tests/receiver.py)
 records what arrives. tests/test_opennotificaties.py runs the same against the real Open Notificaties.
@@ -17,7 +17,7 @@ from conftest import API_KEY, GATEWAY_ENV, base_config
 from receiver import LegacyReceiver
 from servers import GatewayProcess, ManualClock, ThreadServer, free_port, gateway_in_thread, metric_value
 
-from gateway.config import ConfigError, parse
+from gateway.config.loading import ConfigError, parse
 
 AUTH = "Token on-to-gateway-7f3a9c1e5b2d4f6a8c0e"
 RECEIVER_KEY = "receiver-own-key-2b4d6f8a0c1e3a5c"

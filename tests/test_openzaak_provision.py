@@ -25,7 +25,7 @@ import yaml
 from real_openzaak import SCRIPT, OpenZaak, stand_up, tear_down
 from servers import GatewayProcess, free_port, metric_value, wait_until
 
-from gateway.tokens import mint
+from gateway.dataplane.tokens import mint
 
 pytestmark = pytest.mark.openzaak
 

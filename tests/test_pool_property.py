@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.settings import Component, TimeoutsConfig
-from gateway.upstream import Pool, UpstreamError
+from gateway.config.sections import Component, TimeoutsConfig
+from gateway.http1.pool import Pool, UpstreamError
 
 CALLERS = ("caller-a", "caller-b", "caller-c")
 BEHAVIOURS = (

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import ConfigError, parse
-from gateway.openzaak_setup import emit, env_name
-from gateway.provision import Applicatie, ProvisionError, owned_client_ids, plan, render, summary, wanted
+from gateway.config.loading import ConfigError, parse
+from gateway.controlplane.openzaak_setup import emit, env_name
+from gateway.controlplane.provision import Applicatie, ProvisionError, owned_client_ids, plan, render, summary, wanted
 
 ZT = "https://oz.example/catalogi/api/v1/zaaktypen/"
 AC = "https://oz.example/autorisaties/api/v1"

@@ -1,4 +1,4 @@
-"""Upstream <-> public URL rewriting in bodies, headers and query strings (gateway.rewrite)."""
+"""Upstream <-> public URL rewriting in bodies, headers and query strings (gateway.dataplane.rewrite)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.rewrite import UrlRewriter, is_json_content_type
+from gateway.dataplane.rewrite import UrlRewriter, is_json_content_type
 
 ZAKEN = "https://openzaak.example.nl/zaken/api/v1"
 DOCUMENTEN = "https://openzaak.example.nl/documenten/api/v1"

@@ -1,4 +1,4 @@
-"""Matching request paths to components and building upstream URLs (gateway.routing)."""
+"""Matching request paths to components and building upstream URLs (gateway.dataplane.routing)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import parse
-from gateway.routing import RouteTable, is_safe_path
+from gateway.config.loading import parse
+from gateway.dataplane.routing import RouteTable, is_safe_path
 
 UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 

@@ -1,4 +1,5 @@
-"""State that outlives a config reload (gateway.runtime), and the circuit's probe taken last (gateway.app).
+"""State that outlives a config reload (gateway.dataplane.runtime), and the circuit's probe taken last
+(gateway.dataplane.app).
 
 A reload builds a new snapshot; tokens of unchanged credentials, breakers, rate limiters, in-flight counts
 and pools of unchanged components carry over, and the gauges read right at once.
@@ -15,11 +16,11 @@ import pytest
 from hostile import HostileUpstream, Request, answer
 from prometheus_client import CollectorRegistry
 
-from gateway.app import create_app
-from gateway.breaker import CLOSED, OPEN
-from gateway.config import Config, ConfigError, parse
-from gateway.metrics import Metrics
-from gateway.runtime import Runtime
+from gateway.config.loading import Config, ConfigError, parse
+from gateway.dataplane.app import create_app
+from gateway.dataplane.breaker import CLOSED, OPEN
+from gateway.dataplane.metrics import Metrics
+from gateway.dataplane.runtime import Runtime
 
 ENV = {"KEY_A": "key-a-0123456789abcdef", "KEY_B": "key-b-0123456789abcdef", "S1": "secret-one-" + "x" * 32,
        "S2": "secret-two-" + "y" * 32}  # fmt: skip

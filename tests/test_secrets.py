@@ -1,4 +1,4 @@
-"""Resolving secret references and noticing changes (gateway.secrets)."""
+"""Resolving secret references and noticing changes (gateway.config.secrets)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.secrets import SecretStore
-from gateway.settings import SecretRef
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import SecretRef
 
 VALUE = "s3cr3t-value-7a9c1e3b5d"
 

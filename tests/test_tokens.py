@@ -1,4 +1,4 @@
-"""Minting ZGW JWTs and caching them (gateway.tokens)."""
+"""Minting ZGW JWTs and caching them (gateway.dataplane.tokens)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.settings import TokenConfig
-from gateway.tokens import Key, TokenCache, mint
+from gateway.config.sections import TokenConfig
+from gateway.dataplane.tokens import Key, TokenCache, mint
 from gateway.zgw import EXPIRED_CODES, FORBIDDEN_CODES
 
 SECRET = "zgw-token-test-secret-0c9e8d7f6a5b4c3d2e1f"

@@ -1,4 +1,4 @@
-"""The upstream client (gateway.upstream) against a hostile upstream: one test per reuse rule and bound.
+"""The upstream client (gateway.http1.pool) against a hostile upstream: one test per reuse rule and bound.
 
 Each test checks what the client delivered and, byte for byte, what the upstream received on which
 connection. The upstream (tests/hostile.py) runs in the test's event loop; no test waits on a timer:
@@ -17,8 +17,8 @@ import jwt
 import pytest
 from hostile import HostileUpstream, Request, answer
 
-from gateway.settings import Component, TimeoutsConfig
-from gateway.upstream import Pool, UpstreamError
+from gateway.config.sections import Component, TimeoutsConfig
+from gateway.http1.pool import Pool, UpstreamError
 
 Test = Callable[[Pool, HostileUpstream], Awaitable[None]]
 

@@ -23,8 +23,8 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
 
-from .connection import Connection
-from .settings import Component, UpstreamTLS
+from gateway.config.sections import Component, UpstreamTLS
+from gateway.http1.connection import Connection
 
 # Idle connections older than this are not reused: servers close idle keep-alive connections after a few
 # seconds (gunicorn 2 s, uvicorn 5 s), and a request sent into a closing connection fails.

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from .grants import Grant
+from gateway.config.grants import Grant
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 # The first path segment of the gateway's own endpoints on the proxy port; no component prefix may take it.

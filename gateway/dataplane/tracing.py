@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .settings import Tracing
+from gateway.config.sections import Tracing
 
 log = logging.getLogger("zgw_gateway")
 

@@ -16,13 +16,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from . import abonnementen, controlhttp
-from .config import Config
-from .provision import ProvisionError
-from .secrets import SecretStore
-from .settings import AutorisatiesApi, NotificatiesApi, SecretRef, UpstreamTLS
-from .tokens import mint
-from .zgw import CRS
+from gateway.config.loading import Config
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import AutorisatiesApi, NotificatiesApi, SecretRef, UpstreamTLS
+from gateway.controlplane import abonnementen
+from gateway.controlplane import client as controlhttp
+from gateway.controlplane.provision import ProvisionError
+from gateway.dataplane.failures import transport_failure
+from gateway.dataplane.tokens import mint
+from gateway.zgw import CRS
 
 # The resource each ZGW API lists cheaply, by the API's name in the upstream path or the component name.
 PROBES = {
@@ -189,7 +191,7 @@ def check(probe: Probe, secret: str | None, client: httpx.Client, clock: float, 
     try:
         response = client.get(probe.url, headers=headers, timeout=probe.timeout)
     except httpx.HTTPError as exc:
-        kind, detail = controlhttp.transport_failure(exc)
+        kind, detail = transport_failure(exc)
         return result({"tls": "TLS", "timeout": "timeout"}.get(kind, "not reachable"), detail)
     return result(*_classify(response))
 

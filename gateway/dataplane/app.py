@@ -17,17 +17,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import bodies, notifications, problems, proxy, tracing
-from . import headers as fields
-from .bodies import Body
-from .callers import Caller
-from .config import Config
-from .exchange import Exchange
-from .lifecycle import Lifecycle
-from .metrics import Metrics, forbidden_code
-from .problems import Refused
-from .routing import Route, is_safe_path
-from .runtime import Runtime, Snapshot
+from gateway.config.loading import Config
+from gateway.dataplane import bodies, notifications, problems, proxy, tracing
+from gateway.dataplane import headers as fields
+from gateway.dataplane.bodies import Body
+from gateway.dataplane.callers import Caller
+from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.lifecycle import Lifecycle
+from gateway.dataplane.metrics import Metrics, forbidden_code
+from gateway.dataplane.problems import Refused
+from gateway.dataplane.routing import Route, is_safe_path
+from gateway.dataplane.runtime import Runtime, Snapshot
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

@@ -14,8 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .rewrite import UrlRewriter
-from .settings import (
+from gateway.config.sections import (
     Admin,
     ApiKeyHeader,
     AutorisatiesApi,
@@ -37,6 +36,7 @@ from .settings import (
     TokenConfig,
     Tracing,
 )
+from gateway.config.urls import base_mappings
 
 
 class ConfigError(Exception):
@@ -98,8 +98,8 @@ class Config(Model):
         errors.extend(self._autorisaties_api_errors())
         rewritten = {name: comp for name, comp in self.components.items() if comp.rewrite_urls}
         if rewritten:
-            try:  # the rewriter decides which mappings are ambiguous
-                UrlRewriter([(c.upstream, self.public_url + c.prefix) for c in rewritten.values()])
+            try:
+                base_mappings([(c.upstream, self.public_url + c.prefix) for c in rewritten.values()])
             except ValueError as exc:
                 errors.append(f"components ({', '.join(sorted(rewritten))}).rewrite_urls: {exc}")
         if errors:

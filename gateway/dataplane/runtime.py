@@ -14,18 +14,18 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from . import headers
-from .breaker import CircuitBreaker
-from .callers import CallerDirectory, RateLimiter
-from .config import Config, ConfigError
-from .metrics import Metrics
-from .notifications import Receiver, receivers
-from .rewrite import UrlRewriter
-from .routing import Route, RouteTable
-from .secrets import SecretStore
-from .settings import CallerConfig, RateLimit
-from .tokens import TokenCache
-from .upstream import Pool, ssl_context
+from gateway.config.loading import Config, ConfigError
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import CallerConfig, RateLimit
+from gateway.dataplane import headers
+from gateway.dataplane.breaker import CircuitBreaker
+from gateway.dataplane.callers import CallerDirectory, RateLimiter
+from gateway.dataplane.metrics import Metrics
+from gateway.dataplane.notifications import Receiver, receivers
+from gateway.dataplane.rewrite import UrlRewriter
+from gateway.dataplane.routing import Route, RouteTable
+from gateway.dataplane.tokens import TokenCache
+from gateway.http1.pool import Pool, ssl_context
 
 log = logging.getLogger("zgw_gateway")
 

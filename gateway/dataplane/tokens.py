@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 from cachetools import TTLCache
 
-from .settings import TokenConfig
+from gateway.config.sections import TokenConfig
 
 # Cache key: (client_id, secret version, user_id, user_representation). The secret itself is never a key;
 # its version (secrets.SecretStore.version) changes whenever its value does.

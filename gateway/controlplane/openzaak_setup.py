@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from .config import Config
-from .provision import LABEL_PREFIX, ProvisionError, credential_entries
-from .settings import SecretRef
+from gateway.config.loading import Config
+from gateway.config.sections import SecretRef
+from gateway.controlplane.provision import LABEL_PREFIX, ProvisionError, credential_entries
 
 # The admin's Applicatie keeps one uuid across runs, so loading the file again updates it in place.
 UUID_NAMESPACE = uuid.UUID("8f1d2c3b-5a6e-4f70-9b8c-1d2e3f405162")

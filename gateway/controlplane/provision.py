@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .config import Config
-from .grants import Row, grant_rows
-from .settings import CallerConfig, Credentials
+from gateway.config.grants import Row, grant_rows
+from gateway.config.loading import Config
+from gateway.config.sections import CallerConfig, Credentials
 
 LABEL_PREFIX = "zgw-gateway: "
 TYPE_FIELD = {"zrc": "zaaktype", "drc": "informatieobjecttype", "brc": "besluittype"}

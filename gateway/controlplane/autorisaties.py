@@ -10,11 +10,20 @@ from collections.abc import Mapping
 
 import httpx
 
-from . import controlhttp
-from .config import Config
-from .provision import Applicatie, Change, ProvisionError, owned_client_ids, plan, render, summary, wanted
-from .secrets import SecretStore
-from .settings import AutorisatiesApi, TokenConfig
+from gateway.config.loading import Config
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import AutorisatiesApi, TokenConfig
+from gateway.controlplane import client as controlhttp
+from gateway.controlplane.provision import (
+    Applicatie,
+    Change,
+    ProvisionError,
+    owned_client_ids,
+    plan,
+    render,
+    summary,
+    wanted,
+)
 
 MAX_PAGES = 1000
 

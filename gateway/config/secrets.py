@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .settings import SecretRef
+from gateway.config.sections import SecretRef
 
 log = logging.getLogger("zgw_gateway.secrets")
 

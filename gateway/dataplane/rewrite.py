@@ -44,9 +44,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+from gateway.config.urls import base_mappings
 
 # How one "/" of a base may appear in raw JSON text; mixed styles within one URL are accepted.
 _JSON_SLASH = rb"(?:/|\\(?:/|u002[fF]))"
@@ -67,35 +67,6 @@ def is_json_content_type(content_type: str | None) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     kind, slash, subtype = media_type.partition("/")
     return bool(slash) and kind == "application" and (subtype == "json" or subtype.endswith("+json"))
-
-
-def normalise_base(base: str) -> str:
-    """The form in which servers emit ``base``; ValueError when it cannot serve as a rewrite base."""
-    if not base.isascii() or any(c in base for c in '"\\?# \t\r\n'):
-        raise ValueError(f"URL base {base!r} must be ASCII without quotes, backslashes, '?', '#' or spaces")
-    parts = urlsplit(base)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
-        raise ValueError(f"URL base {base!r} must be an http(s) URL with a host and no user info")
-    netloc = parts.netloc.lower()
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"URL base {base!r} has an invalid port") from exc
-    if port == _DEFAULT_PORTS[scheme]:
-        netloc = netloc.rsplit(":", 1)[0]
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
-
-
-def _mapping(pairs: Sequence[tuple[str, str]], *, reverse: bool) -> dict[str, str]:
-    """Source base -> target base for one direction; ValueError when a source has two targets."""
-    mapping: dict[str, str] = {}
-    for upstream, public in pairs:
-        source, target = (public, upstream) if reverse else (upstream, public)
-        if mapping.setdefault(source, target) != target:
-            side = "public" if reverse else "upstream"
-            raise ValueError(f"{side} base {source} maps to both {mapping[source]} and {target}")
-    return mapping
 
 
 def _longest_first(mapping: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -219,9 +190,7 @@ class UrlRewriter:
     """Swaps upstream bases and public bases; built once from the configured (upstream, public) pairs."""
 
     def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        normalised = [(normalise_base(upstream), normalise_base(public)) for upstream, public in pairs]
-        to_public = _mapping(normalised, reverse=False)
-        to_upstream = _mapping(normalised, reverse=True)
+        to_public, to_upstream = base_mappings(pairs)
         self._public = _JsonDirection(to_public)
         self._upstream = _JsonDirection(to_upstream)
         self._header = self._compile_header(to_public)

@@ -15,13 +15,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import headers as fields
-from . import problems
-from .breaker import CircuitBreaker
-from .exchange import Outcome
-from .rewrite import UrlRewriter, is_json_content_type
-from .upstream import Pool, Response, UpstreamError
-from .zgw import EXPIRED_CODES
+from gateway.dataplane import headers as fields
+from gateway.dataplane import problems
+from gateway.dataplane.breaker import CircuitBreaker
+from gateway.dataplane.exchange import Outcome
+from gateway.dataplane.rewrite import UrlRewriter, is_json_content_type
+from gateway.http1.pool import Pool, Response, UpstreamError
+from gateway.zgw import EXPIRED_CODES
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import logs, problems
-from .callers import Caller, CallerDirectory
-from .metrics import Metrics, method_label
-from .problems import Refused
-from .routing import Route
-from .tracing import Tracer
+from gateway.dataplane import logs, problems
+from gateway.dataplane.callers import Caller, CallerDirectory
+from gateway.dataplane.metrics import Metrics, method_label
+from gateway.dataplane.problems import Refused
+from gateway.dataplane.routing import Route
+from gateway.dataplane.tracing import Tracer
 
 Send = Any  # the ASGI send callable
 

@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 import httpx
 
-from . import controlhttp
-from .config import Config
-from .notifications import PREFIX, endpoint
-from .provision import ProvisionError
-from .secrets import SecretStore
-from .settings import NotificatiesApi
+from gateway.config.loading import Config
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import NotificatiesApi
+from gateway.controlplane import client as controlhttp
+from gateway.controlplane.provision import ProvisionError
+from gateway.dataplane.notifications import PREFIX, endpoint
 
 Kanalen = frozenset[tuple[str, frozenset[tuple[str, str]]]]
 

@@ -15,9 +15,9 @@ from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from . import __version__
-from .settings import METHODS
-from .zgw import FORBIDDEN_CODES
+from gateway import __version__
+from gateway.config.sections import METHODS
+from gateway.zgw import FORBIDDEN_CODES
 
 PREFIX = "zgw_gateway"
 # From 1 ms to 60 s: ZGW calls range from cached catalogus reads to multi-GB document transfers.

@@ -11,7 +11,6 @@ short message; a token or secret never appears in one.
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +18,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .provision import ProvisionError
-from .settings import TokenConfig, UpstreamTLS
-from .tokens import mint
-from .upstream import tls_context
+from gateway.config.sections import TokenConfig, UpstreamTLS
+from gateway.controlplane.provision import ProvisionError
+from gateway.dataplane.failures import transport_failure
+from gateway.dataplane.tokens import mint
+from gateway.http1.pool import tls_context
 
 # What an upstream's 403 code means for a caller's credentials (../shared/ZGW.md section 3).
 FORBIDDEN = {
@@ -58,25 +58,6 @@ def problem_code(response: httpx.Response) -> str:
         return ""
     code = body.get("code") if isinstance(body, dict) else None
     return code if isinstance(code, str) else ""
-
-
-def transport_failure(exc: httpx.HTTPError) -> tuple[str, str]:
-    """(kind, description) of a request that got no answer: tls, timeout or unreachable."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return "tls", f"certificate not trusted ({cause.verify_message})"
-        if isinstance(cause, ssl.SSLError):
-            return "tls", f"TLS handshake failed ({cause.reason or type(cause).__name__})"
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout", f"no answer in time ({type(exc).__name__})"
-    return "unreachable", f"cannot connect ({type(exc).__name__}: {_reason(exc)})"
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    # httpx puts the OS error text in the message (e.g. "[Errno 111] Connection refused"); no URL, no header.
-    return str(exc).splitlines()[0][:120] if str(exc) else "no detail"
 
 
 class ApiClient:

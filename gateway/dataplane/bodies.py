@@ -13,10 +13,10 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import problems
-from .headers import is_identity_encoded
-from .problems import Refused
-from .rewrite import UrlRewriter, is_json_content_type
+from gateway.dataplane import problems
+from gateway.dataplane.headers import is_identity_encoded
+from gateway.dataplane.problems import Refused
+from gateway.dataplane.rewrite import UrlRewriter, is_json_content_type
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 

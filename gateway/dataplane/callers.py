@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from .config import Config
-from .secrets import SecretStore
-from .settings import CallerConfig, Credentials
+from gateway.config.loading import Config
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import CallerConfig, Credentials
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -33,9 +33,9 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 
-from . import logs
-from .app import GatewayApp
-from .config import Config
+from gateway.config.loading import Config
+from gateway.dataplane import logs
+from gateway.dataplane.app import GatewayApp
 
 log = logging.getLogger("zgw_gateway")
 

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as HttpRoute
 
-from . import config as config_mod
-from .config import Config, ConfigError
-from .runtime import Runtime
+from gateway.config import loading as config_mod
+from gateway.config.loading import Config, ConfigError
+from gateway.dataplane.runtime import Runtime
 
 log = logging.getLogger("zgw_gateway")
 

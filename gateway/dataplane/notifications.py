@@ -29,15 +29,16 @@ from typing import Any
 import httpx
 import orjson
 
-from . import bodies, controlhttp, logs, problems
-from .config import Config, ConfigError
-from .exchange import Exchange, uuid_form
-from .metrics import Metrics
-from .problems import Refused
-from .rewrite import UrlRewriter
-from .secrets import SecretStore
-from .settings import PROBE_KANAAL, RESERVED_SEGMENT, Notifications
-from .upstream import tls_context
+from gateway.config.loading import Config, ConfigError
+from gateway.config.secrets import SecretStore
+from gateway.config.sections import PROBE_KANAAL, RESERVED_SEGMENT, Notifications
+from gateway.dataplane import bodies, logs, problems
+from gateway.dataplane.exchange import Exchange, uuid_form
+from gateway.dataplane.failures import transport_failure
+from gateway.dataplane.metrics import Metrics
+from gateway.dataplane.problems import Refused
+from gateway.dataplane.rewrite import UrlRewriter
+from gateway.http1.pool import tls_context
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -201,7 +202,7 @@ class Inbox:
             ):
                 d.receiver_status = response.status_code  # the receiver's body is never read
         except httpx.HTTPError as exc:
-            kind, _ = controlhttp.transport_failure(exc)
+            kind, _ = transport_failure(exc)
             d.error = "receiver_" + kind
             raise Refused(_FAILURES[kind], "The receiver did not answer; Open Notificaties will retry.") from None
         finally:

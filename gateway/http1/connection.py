@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import httptools
 
-from .settings import Component
+from gateway.config.sections import Component
 
 # Pause reading from the upstream while this much response body waits for the caller (back-pressure).
 HIGH_WATER = 256 * 1024

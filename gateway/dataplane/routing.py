@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .config import Config
-from .settings import Component
-from .upstream import Pool
+from gateway.config.loading import Config
+from gateway.config.sections import Component
+from gateway.http1.pool import Pool
 
 # RFC 3986 pchar minus ';' (path parameters are read differently by different servers) and minus the
 # encodings of '/', '\', '.', NUL and control bytes, which would change the path's meaning once decoded.
