@@ -12,6 +12,7 @@ import subprocess
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from gateway.dataplane.failures import Abort
 from gateway.dataplane.metrics import FAILURE_REASONS, Metrics, forbidden_code, method_label
 
 P = "zgw_gateway"
@@ -56,6 +57,16 @@ def test_the_catalogue_announces_every_family_from_the_start() -> None:
         assert registry.get_sample_value(f"{P}_upstream_failures_total", {"component": "zaken", "reason": reason}) == 0
     assert registry.get_sample_value(f"{P}_tokens_minted_total", {"caller": "legacy-dms", "component": "zaken"}) == 0
     assert registry.get_sample_value(f"{P}_token_cache_lookups_total", {"result": "hit"}) == 0
+
+
+def test_reason_labels_keep_the_values_dashboards_and_alerts_match() -> None:
+    """helm/'s dashboard and alerts group by these strings: the enums may grow, never rename a value."""
+    registry = CollectorRegistry()
+    Metrics(registry).prepare([], ["zaken"])
+    exposed = generate_latest(registry).decode()
+    for reason in ("connect", "timeout", "reset", "dns", "pool", "circuit_open", "tls", "overloaded", "bad_response"):
+        assert f'{P}_upstream_failures_total{{component="zaken",reason="{reason}"}} 0.0' in exposed
+    assert [str(a) for a in Abort] == ["body_too_large", "body_timeout", "upstream_reset", "client_gone"]
 
 
 def test_children_are_made_once_and_are_prometheus_clients_own() -> None:

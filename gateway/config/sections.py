@@ -25,11 +25,14 @@ from pydantic import (
 )
 
 from gateway.config.grants import Grant
+from gateway.zgw import Crs
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 # The first path segment of the gateway's own endpoints on the proxy port; no component prefix may take it.
 RESERVED_SEGMENT = "-"
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
+# A caller's name: a metric label, and a path segment of its notification endpoint.
+CALLER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
 
 def _network(value: Any) -> Any:
@@ -174,7 +177,7 @@ class UpstreamTLS(Model):
 class Component(Model):
     prefix: str
     upstream: str
-    crs: Literal["EPSG:4326"] | None = None
+    crs: Crs | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
     tls: UpstreamTLS = UpstreamTLS()
     max_body_bytes: int = Field(default=4 * 1024**3 + 64 * 1024**2, ge=0)
@@ -208,15 +211,17 @@ class User(Model):
     from_headers: bool = False
 
 
-class NextCredentials(Model):
-    """Credentials registered beside the current ones while a secret rotates (README: Rotating a secret)."""
+class ClientCredentials(Model):
+    """A ZGW client_id and where its secret lives."""
 
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
 
 
-class Credentials(NextCredentials):
-    next: NextCredentials | None = None
+class Credentials(ClientCredentials):
+    """A caller's own credentials for one component (`callers[].credentials.<component>`)."""
+
+    next: ClientCredentials | None = None  # registered beside these while a secret rotates (README: Rotating a secret)
     autorisaties: Grant | None = None  # what `provision` registers for this client_id
 
 
@@ -275,13 +280,13 @@ class Notifications(Model):
 
 
 class CallerConfig(Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    name: str = Field(pattern=f"^{CALLER_NAME}$")
     api_keys: list[ApiKeyRef] = []
     networks: list[Network] = []
     cert_subjects: list[str] = []
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
-    next: NextCredentials | None = None
+    next: ClientCredentials | None = None  # registered beside these while a secret rotates
     autorisaties: Grant | None = None
     credentials: dict[str, Credentials] = {}
     user: User = User()

@@ -25,6 +25,7 @@ from gateway.config.sections import NotificatiesApi
 from gateway.controlplane import client as controlhttp
 from gateway.controlplane.provision import ProvisionError
 from gateway.dataplane.notifications import PREFIX, endpoint
+from gateway.zgw import FORBIDDEN
 
 Kanalen = frozenset[tuple[str, frozenset[tuple[str, str]]]]
 
@@ -178,7 +179,7 @@ def _refusal(response: httpx.Response) -> str:
         return text + " (the gateway's endpoint did not answer 401 without Authorization: is it serving this config?)"
     if code == "invalid-callback-url":
         return text + " (the gateway's endpoint refused the auth value: reload the gateway with this config first)"
-    if response.status_code == 403 and (meaning := controlhttp.FORBIDDEN.get(code)):
+    if response.status_code == 403 and (meaning := FORBIDDEN.get(code)):
         return text + f" ({meaning} for notificaties_api.client_id: register it in Open Notificaties, "
         "with notificaties.consumeren)"
     return text

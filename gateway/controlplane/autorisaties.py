@@ -24,6 +24,7 @@ from gateway.controlplane.provision import (
     summary,
     wanted,
 )
+from gateway.zgw import FORBIDDEN
 
 MAX_PAGES = 1000
 
@@ -100,7 +101,7 @@ class AutorisatiesClient(controlhttp.ApiClient):
 def _refusal(response: httpx.Response) -> str:
     code = controlhttp.problem_code(response)
     text = f"answered {response.status_code}" + (f" {code}" if code else "")
-    meaning = controlhttp.FORBIDDEN.get(code)
+    meaning = FORBIDDEN.get(code)
     if response.status_code == 403 and meaning:
         return f"{text} ({meaning} for the admin client: its secret and rights must be registered, see README)"
     try:

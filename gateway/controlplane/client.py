@@ -23,17 +23,7 @@ from gateway.controlplane.provision import ProvisionError
 from gateway.dataplane.failures import transport_failure
 from gateway.dataplane.tokens import mint
 from gateway.http1.pool import tls_context
-
-# What an upstream's 403 code means for a caller's credentials (../shared/ZGW.md section 3).
-FORBIDDEN = {
-    "invalid-jwt-signature": "secret mismatch",
-    "invalid-client-identifier": "unknown client",
-    "missing-client-identifier": "unknown client",
-    "permission_denied": "no rights",
-    "jwt-expired": "clock",
-    "jwt-expiredsignatureerror": "clock",
-    "jwt-immaturesignatureerror": "clock",
-}
+from gateway.zgw import problem_code as zgw_problem_code
 
 
 def client(
@@ -52,12 +42,7 @@ def client(
 
 def problem_code(response: httpx.Response) -> str:
     """The ZGW problem `code` of an error answer, or '' when the body has none."""
-    try:
-        body: Any = response.json()
-    except ValueError:
-        return ""
-    code = body.get("code") if isinstance(body, dict) else None
-    return code if isinstance(code, str) else ""
+    return zgw_problem_code(response.content)
 
 
 class ApiClient:
@@ -81,10 +66,7 @@ class ApiClient:
         self.where = where
         self.url = url
         self._refusal = refusal
-        jwt = mint(
-            client_id, secret, user_id="", user_representation="zgw-gateway provision", now=time.time(),
-            lifetime=token.lifetime, clock_skew=token.clock_skew, include_exp=token.include_exp,
-        )  # fmt: skip
+        jwt = mint(client_id, secret, token, user_id="", user_representation="zgw-gateway provision", now=time.time())
         self._http = client(tls, httpx.Timeout(timeout), transport)
         self._http.headers.update({"Authorization": f"Bearer {jwt}", "Accept": "application/json"})
 

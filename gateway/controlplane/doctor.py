@@ -24,7 +24,7 @@ from gateway.controlplane import client as controlhttp
 from gateway.controlplane.provision import ProvisionError
 from gateway.dataplane.failures import transport_failure
 from gateway.dataplane.tokens import mint
-from gateway.zgw import CRS
+from gateway.zgw import CRS, FORBIDDEN
 
 # The resource each ZGW API lists cheaply, by the API's name in the upstream path or the component name.
 PROBES = {
@@ -159,8 +159,8 @@ def _classify(response: httpx.Response) -> tuple[str, str]:
     detail = f"{response.status_code}" + (f" {code}" if code else "")
     if response.is_success:
         return "ok", detail
-    if response.status_code == 403 and code in controlhttp.FORBIDDEN:
-        return controlhttp.FORBIDDEN[code], detail
+    if response.status_code == 403 and (meaning := FORBIDDEN.get(code)):
+        return meaning, detail
     if response.status_code in (406, 412):
         return "CRS", detail
     return "unexpected answer", detail
@@ -175,16 +175,7 @@ def check(probe: Probe, secret: str | None, client: httpx.Client, clock: float, 
         return result("secret unreadable", probe.secret.describe())
     if probe.url is None:
         return result("unchecked", "")
-    token = mint(
-        probe.client_id,
-        secret,
-        user_id="",
-        user_representation="zgw-gateway doctor",
-        now=clock,
-        lifetime=config.token.lifetime,
-        clock_skew=config.token.clock_skew,
-        include_exp=config.token.include_exp,
-    )
+    token = mint(probe.client_id, secret, config.token, user_id="", user_representation="zgw-gateway doctor", now=clock)
     headers = {"Authorization": f"Bearer {token}"}
     if probe.crs:
         headers.update({"Accept-Crs": CRS, "Content-Crs": CRS})

@@ -23,6 +23,7 @@ from gateway.dataplane import headers as fields
 from gateway.dataplane.bodies import Body
 from gateway.dataplane.callers import Caller
 from gateway.dataplane.exchange import Exchange
+from gateway.dataplane.failures import Abort, Failure
 from gateway.dataplane.lifecycle import Lifecycle
 from gateway.dataplane.metrics import Metrics, forbidden_code
 from gateway.dataplane.problems import Refused
@@ -109,7 +110,7 @@ class GatewayApp:
     # 3. Admission: a fast 503 instead of a queue when too much is in flight.
     def admit(self, route: Route) -> None:
         if not self.runtime.admit(route):
-            self.metrics.upstream_failures(route.name, "overloaded").inc()
+            self.metrics.upstream_failures(route.name, Failure.OVERLOADED).inc()
             raise Refused(problems.OVERLOADED, "Too many requests in flight.", retry_after=1)
 
     # 4. The token: the end user (fixed, or from headers when allowed), the credentials, the cached JWT.
@@ -163,12 +164,12 @@ class GatewayApp:
             )
         except Refused as refusal:
             if refusal.problem is problems.BODY_TOO_LARGE:
-                self.metrics.aborted(route.name, "body_too_large").inc()
+                self.metrics.aborted(route.name, Abort.BODY_TOO_LARGE).inc()
             raise
         except bodies.BodyError as exc:
             raise self._body_failed(route, exc) from None
 
-    def _body_failed(self, route: Route, exc: Exception) -> Refused:
+    def _body_failed(self, route: Route, exc: bodies.BodyError) -> Refused:
         reason, refusal = bodies.refusal(exc)
         self.metrics.aborted(route.name, reason).inc()
         return refusal
@@ -249,7 +250,7 @@ class GatewayApp:
     def allow(self, route: Route, fw: proxy.Forward) -> None:
         breaker = fw.breaker
         if breaker is not None and not breaker.allow():
-            self.metrics.upstream_failures(route.name, "circuit_open").inc()
+            self.metrics.upstream_failures(route.name, Failure.CIRCUIT_OPEN).inc()
             raise Refused(problems.CIRCUIT_OPEN, "The upstream failed repeatedly.", retry_after=breaker.retry_after())
 
     # 8. Forward and relay, then 9. record.
@@ -265,8 +266,8 @@ class GatewayApp:
         except bodies.BodyError as exc:
             return await ex.refuse(send, self._body_failed(route, exc))
         except proxy.UpstreamAborted:
-            self.metrics.aborted(route.name, "upstream_reset").inc()
-            ex.finish(outcome.status, error="upstream_reset")
+            self.metrics.aborted(route.name, Abort.UPSTREAM_RESET).inc()
+            ex.finish(outcome.status, error=Abort.UPSTREAM_RESET)
             raise  # the server aborts the caller's connection: a cut body must not look complete
         if outcome.problem is not None:
             self.metrics.upstream_failures(route.name, outcome.error).inc()
@@ -294,7 +295,7 @@ def create_app(
 
 
 def _failure_detail(reason: str) -> str:
-    if reason == "bad_response":
+    if reason == Failure.BAD_RESPONSE:
         return "The upstream's answer broke the HTTP/1.1 framing rules; see the gateway's log for this request id."
     return "See the gateway's log for this request id."
 

@@ -14,43 +14,43 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.dataplane import problems
+from gateway.dataplane.failures import Abort
 from gateway.dataplane.headers import is_identity_encoded
 from gateway.dataplane.problems import Refused
-from gateway.dataplane.rewrite import UrlRewriter, is_json_content_type
+from gateway.dataplane.rewrite import REWRITE_BUFFER_LIMIT, UrlRewriter, is_json_content_type
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 # Bodies up to this size are read before forwarding: replayable for a retry, and cheaper to send.
 BUFFER_LIMIT = 64 * 1024
-# JSON bodies up to this size are rewritten whole, keeping an exact Content-Length; larger ones stream.
-REWRITE_BUFFER_LIMIT = 1024 * 1024
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
-class BodyTooLarge(Exception):
+class BodyError(Exception):
+    """The caller's body went wrong while it was read or streamed upstream."""
+
+
+class BodyTooLarge(BodyError):
     """The caller's body grew past the component's limit while streaming."""
 
 
-class BodyTimeout(Exception):
+class BodyTimeout(BodyError):
     """The caller's body stalled longer than limits.body_read_timeout."""
 
 
-class ClientGone(Exception):
+class ClientGone(BodyError):
     """The caller disconnected before its body was complete."""
 
 
-BodyError = (BodyTooLarge, BodyTimeout, ClientGone)
-
-
-def refusal(exc: Exception) -> tuple[str, Refused]:
+def refusal(exc: BodyError) -> tuple[Abort, Refused]:
     """The metric reason and the answer for a body that went wrong: too large, too slow, or cut off."""
     if isinstance(exc, BodyTooLarge):
-        return "body_too_large", Refused(problems.BODY_TOO_LARGE, "The body exceeds the limit.", close=True)
+        return Abort.BODY_TOO_LARGE, Refused(problems.BODY_TOO_LARGE, "The body exceeds the limit.", close=True)
     if isinstance(exc, BodyTimeout):
-        return "body_timeout", Refused(problems.BODY_TIMEOUT, "The body stalled.", close=True)
+        return Abort.BODY_TIMEOUT, Refused(problems.BODY_TIMEOUT, "The body stalled.", close=True)
     # Granian reports a malformed chunked body as a disconnect, and would answer 500 for an app that then
     # sends nothing. The caller may still be there: it gets 400 (RFC 9112 section 7.1).
-    return "client_gone", Refused(problems.BAD_REQUEST, "The body is malformed or ended early.", close=True)
+    return Abort.CLIENT_GONE, Refused(problems.BAD_REQUEST, "The body is malformed or ended early.", close=True)
 
 
 @dataclass(slots=True)
@@ -115,19 +115,15 @@ def _plain_json(headers: dict[bytes, bytes], raw_headers: list[tuple[bytes, byte
     return is_json_content_type(content_type) and is_identity_encoded(raw_headers)
 
 
-async def pieces(
-    receive: Receive, limit: int, timeout: float, first: dict[str, Any] | None = None
-) -> AsyncGenerator[bytes, None]:
+async def pieces(receive: Receive, limit: int, timeout: float) -> AsyncGenerator[bytes, None]:
     """The caller's body as it arrives, bounded in size and in time between pieces."""
     seen = 0
-    message = first
     while True:
-        if message is None:
-            try:
-                async with asyncio.timeout(timeout):  # not wait_for: that wraps every piece in a new task
-                    message = await receive()
-            except TimeoutError:
-                raise BodyTimeout from None
+        try:
+            async with asyncio.timeout(timeout):  # not wait_for: that wraps every piece in a new task
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout from None
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -138,7 +134,6 @@ async def pieces(
             yield chunk
         if not message.get("more_body", False):
             return
-        message = None
 
 
 async def read(receive: Receive, limit: int, timeout: float) -> bytes:

@@ -1,14 +1,42 @@
-"""Why a request the gateway sent got no answer: the kinds of transport failure, in the gateway's words.
+"""Why a request got no usable answer or was cut short, in the gateway's words: one vocabulary for the
+metrics' `reason` labels, the access line's `error` and the tracing span's `error.type`.
 
-Used by the notification relay (httpx to a legacy receiver) and by the control-plane client, so that both
-name a failure the same way.
+The enum values are the label values dashboards and alerts match on (helm/): a value is never renamed.
+`transport_failure` names an httpx failure (the notification relay, the control-plane client) the same way
+for both.
 """
 
 from __future__ import annotations
 
 import ssl
+from enum import StrEnum
 
 import httpx
+
+
+class Failure(StrEnum):
+    """Why a request got no usable upstream answer (`zgw_gateway_upstream_failures_total{reason}`).
+
+    All but `circuit_open` and `overloaded` (the gateway's own refusals) are `http1.pool.UpstreamError.reason`."""
+
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    RESET = "reset"
+    DNS = "dns"
+    POOL = "pool"
+    CIRCUIT_OPEN = "circuit_open"
+    TLS = "tls"
+    OVERLOADED = "overloaded"
+    BAD_RESPONSE = "bad_response"
+
+
+class Abort(StrEnum):
+    """Why a transfer was cut mid-body (`zgw_gateway_aborted_requests_total{reason}`)."""
+
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_TIMEOUT = "body_timeout"
+    UPSTREAM_RESET = "upstream_reset"
+    CLIENT_GONE = "client_gone"
 
 
 def transport_failure(exc: httpx.HTTPError) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
 from gateway.config.sections import METHODS
+from gateway.dataplane.failures import Abort, Failure
 from gateway.zgw import FORBIDDEN_CODES
 
 PREFIX = "zgw_gateway"
@@ -25,9 +26,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # Why a pooled upstream connection was closed instead of reused (connection.Connection.unusable).
 CLOSE_REASONS = ("stray_bytes", "early_answer", "failed", "unfinished", "not_keep_alive")
-FAILURE_REASONS = (
-    "connect", "timeout", "reset", "dns", "pool", "circuit_open", "tls", "overloaded", "bad_response",
-)  # fmt: skip
+FAILURE_REASONS = tuple(Failure)
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -117,7 +116,7 @@ class Metrics:
         self.aborted = Labelled(
             Counter(
                 f"{PREFIX}_aborted_requests",
-                "Transfers cut mid-body, by reason (body_too_large, body_timeout, upstream_reset, client_gone).",
+                f"Transfers cut mid-body, by reason ({', '.join(Abort)}).",
                 ["component", "reason"],
                 registry=r,
             )
@@ -219,8 +218,8 @@ class Metrics:
         for comp in components:
             self.in_flight(comp)
             self.circuit_state(comp)
-            for reason in FAILURE_REASONS:
-                self.upstream_failures(comp, reason)
+            for failure in FAILURE_REASONS:
+                self.upstream_failures(comp, failure)
             for reason in CLOSE_REASONS:
                 self.connections_closed(comp, reason)
             for caller in callers:

@@ -31,7 +31,7 @@ import orjson
 
 from gateway.config.loading import Config, ConfigError
 from gateway.config.secrets import SecretStore
-from gateway.config.sections import PROBE_KANAAL, RESERVED_SEGMENT, Notifications
+from gateway.config.sections import CALLER_NAME, PROBE_KANAAL, RESERVED_SEGMENT, Notifications
 from gateway.dataplane import bodies, logs, problems
 from gateway.dataplane.exchange import Exchange, uuid_form
 from gateway.dataplane.failures import transport_failure
@@ -44,8 +44,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PREFIX = f"/{RESERVED_SEGMENT}/notifications/".encode()
-OUTCOMES = ("forwarded", "failed", "probe", "unauthenticated", "refused", "invalid")
-_CALLER = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_CALLER = re.compile(CALLER_NAME.encode())
 _FAILURES = {
     "tls": problems.RECEIVER_UNREACHABLE,
     "timeout": problems.RECEIVER_TIMEOUT,

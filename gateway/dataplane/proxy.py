@@ -9,35 +9,33 @@ redirect target), bodies are never decompressed or re-encoded.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.dataplane import headers as fields
 from gateway.dataplane import problems
 from gateway.dataplane.breaker import CircuitBreaker
 from gateway.dataplane.exchange import Outcome
-from gateway.dataplane.rewrite import UrlRewriter, is_json_content_type
+from gateway.dataplane.failures import Abort, Failure
+from gateway.dataplane.headers import first, is_identity_encoded, to_caller
+from gateway.dataplane.rewrite import REWRITE_BUFFER_LIMIT, UrlRewriter, is_json_content_type
 from gateway.http1.pool import Pool, Response, UpstreamError
-from gateway.zgw import EXPIRED_CODES
+from gateway.zgw import EXPIRED_CODES, problem_code
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-# JSON answers up to this size are rewritten whole, keeping an exact Content-Length; larger ones stream.
-REWRITE_BUFFER_LIMIT = 1024 * 1024
 FORBIDDEN_PEEK_LIMIT = 64 * 1024
 
 _PROBLEMS = {
-    "dns": problems.UPSTREAM_DNS,
-    "tls": problems.UPSTREAM_TLS,
-    "timeout": problems.UPSTREAM_TIMEOUT,
-    "connect": problems.UPSTREAM_UNREACHABLE,
-    "reset": problems.UPSTREAM_RESET,
-    "pool": problems.POOL_EXHAUSTED,
-    "bad_response": problems.UPSTREAM_BAD_RESPONSE,
+    Failure.DNS: problems.UPSTREAM_DNS,
+    Failure.TLS: problems.UPSTREAM_TLS,
+    Failure.TIMEOUT: problems.UPSTREAM_TIMEOUT,
+    Failure.CONNECT: problems.UPSTREAM_UNREACHABLE,
+    Failure.RESET: problems.UPSTREAM_RESET,
+    Failure.POOL: problems.POOL_EXHAUSTED,
+    Failure.BAD_RESPONSE: problems.UPSTREAM_BAD_RESPONSE,
 }
 
 
@@ -65,8 +63,8 @@ class Forward:
     on_retry: Callable[[str], None]
 
     def head(self) -> bytes:
-        fields = b"".join([b"%s: %s\r\n" % field for field in self.headers])
-        return b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method.encode(), self.target, fields)
+        lines = b"".join([b"%s: %s\r\n" % field for field in self.headers])
+        return b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method.encode(), self.target, lines)
 
 
 async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
@@ -90,7 +88,7 @@ async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
 
 def _healthy(outcome: Outcome) -> bool | None:
     """What the exchange says about the upstream: None when nothing (it never got to answer, or the pool was full)."""
-    if outcome.error in ("", "pool", "client_gone", "body_too_large", "body_timeout"):
+    if outcome.error in ("", Failure.POOL):
         return None if not outcome.upstream_status else outcome.upstream_status not in (502, 503, 504)
     return False
 
@@ -115,7 +113,7 @@ async def _forward(fw: Forward, send: Send, outcome: Outcome, deadline: float) -
             prefix = b""
             if resp.status == 403:
                 prefix = await resp.read(FORBIDDEN_PEEK_LIMIT + 1)
-                outcome.forbidden_code = _problem_code(fields.first(resp.headers, b"content-type"), prefix)
+                outcome.forbidden_code = _problem_code(first(resp.headers, b"content-type"), prefix)
                 if attempt == 1 and replayable and resp.at_eof() and _expired(fw, outcome.forbidden_code):
                     fw.headers[0] = (b"authorization", fw.refresh_token())
                     fw.on_retry("token_expired")
@@ -137,7 +135,8 @@ def _expired(fw: Forward, code: str) -> bool:
 
 
 def _failed(outcome: Outcome, exc: UpstreamError) -> None:
-    outcome.problem, outcome.error, outcome.detail = _PROBLEMS[exc.reason], exc.reason, exc.detail
+    reason = Failure(exc.reason)
+    outcome.problem, outcome.error, outcome.detail = _PROBLEMS[reason], reason, exc.detail
 
 
 def _may_retry(fw: Forward, exc: UpstreamError, replayable: bool, deadline: float) -> bool:
@@ -145,27 +144,20 @@ def _may_retry(fw: Forward, exc: UpstreamError, replayable: bool, deadline: floa
     return (
         fw.retry_enabled
         and replayable
-        and exc.reason != "pool"
-        and (not exc.sent or (exc.reason == "reset" and fw.method in IDEMPOTENT))
+        and exc.reason != Failure.POOL
+        and (not exc.sent or (exc.reason == Failure.RESET and fw.method in IDEMPOTENT))
         and time.monotonic() < deadline
     )
 
 
 def _problem_code(content_type: bytes | None, body: bytes) -> str:
-    if not content_type or b"json" not in content_type:
-        return ""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return ""
-    code = data.get("code") if isinstance(data, dict) else None
-    return code if isinstance(code, str) else ""
+    return problem_code(body) if content_type and b"json" in content_type else ""
 
 
 async def _relay(fw: Forward, resp: Response, send: Send, outcome: Outcome, prefix: bytes) -> None:
     """Stream the upstream answer to the caller; abort the caller's connection if the upstream breaks off."""
     rewriter = fw.rewriter
-    headers = fields.to_caller(resp.headers, rewriter.header_to_public if rewriter is not None else None)
+    headers = to_caller(resp.headers, rewriter.header_to_public if rewriter is not None else None)
     headers.extend(fw.extra_response_headers)
     if fw.method == "HEAD":
         outcome.status = resp.status
@@ -174,18 +166,18 @@ async def _relay(fw: Forward, resp: Response, send: Send, outcome: Outcome, pref
         return
     # The first piece is read before the answer starts: an answer whose body is broken from its first
     # byte (a bad chunk size, a reset) becomes the gateway's 502 instead of a cut connection.
-    first = prefix or await resp.read_chunk()
-    content_type = fields.first(resp.headers, b"content-type")
+    opening = prefix or await resp.read_chunk()
+    content_type = first(resp.headers, b"content-type")
     if (
         rewriter is not None
         and is_json_content_type(content_type.decode("latin-1") if content_type else None)
-        and fields.is_identity_encoded(resp.headers)  # compressed: left as it is
+        and is_identity_encoded(resp.headers)  # compressed: left as it is
     ):
-        await _relay_rewritten(resp, send, outcome, headers, first, rewriter)
+        await _relay_rewritten(resp, send, outcome, headers, opening, rewriter)
         return
     outcome.status = resp.status
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    chunk = first
+    chunk = opening
     try:
         # A body that arrived whole (most ZGW JSON answers) goes out in one message.
         while not resp.at_eof():
@@ -193,7 +185,7 @@ async def _relay(fw: Forward, resp: Response, send: Send, outcome: Outcome, pref
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             chunk = await resp.read_chunk()
     except UpstreamError as exc:
-        outcome.error = "upstream_reset"
+        outcome.error = Abort.UPSTREAM_RESET
         raise UpstreamAborted from exc
     outcome.bytes_out += len(chunk)
     await send({"type": "http.response.body", "body": chunk})
@@ -204,13 +196,13 @@ async def _relay_rewritten(
     send: Send,
     outcome: Outcome,
     headers: list[tuple[bytes, bytes]],
-    first: bytes,
+    opening: bytes,
     rewriter: UrlRewriter,
 ) -> None:
     headers = [(k, v) for k, v in headers if k != b"content-length"]
     length = resp.content_length
     if length is not None and length <= REWRITE_BUFFER_LIMIT:
-        body = rewriter.to_public(first + await resp.read(length + 1))
+        body = rewriter.to_public(opening + await resp.read(length + 1))
         headers.append((b"content-length", b"%d" % len(body)))
         outcome.status = resp.status
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -220,7 +212,7 @@ async def _relay_rewritten(
     stream = rewriter.stream_to_public()
     outcome.status = resp.status
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    chunk = first
+    chunk = opening
     try:
         while chunk:
             out = stream.feed(chunk)
@@ -229,7 +221,7 @@ async def _relay_rewritten(
                 outcome.bytes_out += len(out)
             chunk = await resp.read_chunk()
     except UpstreamError as exc:
-        outcome.error = "upstream_reset"
+        outcome.error = Abort.UPSTREAM_RESET
         raise UpstreamAborted from exc
     out = stream.flush()
     await send({"type": "http.response.body", "body": out})

@@ -48,6 +48,10 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.config.urls import base_mappings
 
+# JSON bodies up to this size, both ways, are rewritten whole, keeping an exact Content-Length; larger ones
+# stream (a whole body costs about twice its size in memory while rewritten).
+REWRITE_BUFFER_LIMIT = 1024 * 1024
+
 # How one "/" of a base may appear in raw JSON text; mixed styles within one URL are accepted.
 _JSON_SLASH = rb"(?:/|\\(?:/|u002[fF]))"
 _JSON_SLASH_STYLES = (b"/", b"\\/", b"\\u002F", b"\\u002f")
