@@ -114,12 +114,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     token = mint(
         client_id,
         secret,
+        config.token,
         user_id=caller.user.id,
         user_representation=caller.user.representation,
         now=time.time(),
-        lifetime=config.token.lifetime,
-        clock_skew=config.token.clock_skew,
-        include_exp=config.token.include_exp,
     )
     print(token)
     print("\nheader:", json.dumps(jwt.get_unverified_header(token), indent=2))

@@ -67,7 +67,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class ManualClock:
-    """A wall clock for `create_app(config, clock=...)` that stands still until the test moves it."""
+    """The tests' one fake clock: stands still until the test moves it (`advance`, or set `now`). Stands in
+    for a wall clock (`create_app(config, clock=...)`, the sandbox) and a monotonic one (breaker, limiter)."""
 
     def __init__(self, now: float | None = None) -> None:
         self.now = float(int(time.time())) if now is None else now

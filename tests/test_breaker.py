@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+from servers import ManualClock
+
 from gateway.dataplane.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def breaker(threshold: int = 3, open_seconds: float = 10.0) -> tuple[CircuitBreaker, FakeClock, list[int]]:
-    clock = FakeClock()
+def breaker(threshold: int = 3, open_seconds: float = 10.0) -> tuple[CircuitBreaker, ManualClock, list[int]]:
+    clock = ManualClock(5000.0)
     states: list[int] = []
     return CircuitBreaker(threshold, open_seconds, clock, on_state=states.append), clock, states
 

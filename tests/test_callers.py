@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import ManualClock
 
 from gateway.config.loading import parse
 from gateway.config.secrets import SecretStore
@@ -218,16 +219,8 @@ def test_reload_keys_picks_up_a_rotated_key_file(tmp_path: Path) -> None:
     assert d.identify({b"x-api-key": DMS_KEY.encode()}, Peer("192.0.2.1", False)) is None
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_rate_limiter_allows_a_burst_then_the_rate() -> None:
-    clock = FakeClock()
+    clock = ManualClock(1000.0)
     limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
     assert [limiter.take() for _ in range(3)] == [0.0, 0.0, 0.0]
     wait = limiter.take()

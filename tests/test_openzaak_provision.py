@@ -25,6 +25,7 @@ import yaml
 from real_openzaak import SCRIPT, OpenZaak, stand_up, tear_down
 from servers import GatewayProcess, free_port, metric_value, wait_until
 
+from gateway.config.sections import TokenConfig
 from gateway.dataplane.tokens import mint
 
 pytestmark = pytest.mark.openzaak
@@ -65,9 +66,7 @@ def setup_configuration(oz: OpenZaak, yaml_file: Path, env: dict[str, str]) -> N
 
 
 def applicaties(oz: OpenZaak, client: tuple[str, str]) -> list[dict[str, Any]]:
-    token = mint(
-        *client, user_id="", user_representation="", now=time.time(), lifetime=300, clock_skew=30, include_exp=True
-    )
+    token = mint(*client, TokenConfig(), user_id="", user_representation="", now=time.time())
     found: list[dict[str, Any]] = []
     url: str | None = f"{oz.url}/autorisaties/api/v1/applicaties"
     while url:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hostile import HostileUpstream, Request, answer
 from prometheus_client import CollectorRegistry
+from servers import ManualClock
 
 from gateway.config.loading import Config, ConfigError, parse
 from gateway.dataplane.app import create_app
@@ -24,14 +25,6 @@ from gateway.dataplane.runtime import Runtime
 
 ENV = {"KEY_A": "key-a-0123456789abcdef", "KEY_B": "key-b-0123456789abcdef", "S1": "secret-one-" + "x" * 32,
        "S2": "secret-two-" + "y" * 32}  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_760_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def data(upstream: str = "http://127.0.0.1:9", **overrides: Any) -> dict[str, Any]:
@@ -63,8 +56,8 @@ def data(upstream: str = "http://127.0.0.1:9", **overrides: Any) -> dict[str, An
     return config
 
 
-def runtime(config: dict[str, Any]) -> tuple[Runtime, CollectorRegistry, Clock]:
-    registry, clock = CollectorRegistry(), Clock()
+def runtime(config: dict[str, Any]) -> tuple[Runtime, CollectorRegistry, ManualClock]:
+    registry, clock = CollectorRegistry(), ManualClock(1_760_000_000.0)
     return Runtime(parse(config), Metrics(registry), clock, ENV), registry, clock
 
 
@@ -189,7 +182,7 @@ def test_the_half_open_probe_is_taken_only_by_a_request_that_goes_upstream() -> 
             config["components"]["zaken"]["max_body_bytes"] = 10
             config["callers"][0]["user"] = {"from_headers": True}
             config["callers"][0].pop("rate_limit")
-            clock = Clock()
+            clock = ManualClock(1_760_000_000.0)
             app = create_app(parse(config), clock=clock, environ=ENV, registry=CollectorRegistry())
             await app.lifecycle.startup()
             breaker = app.runtime.breakers["zaken"]

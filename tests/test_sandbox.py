@@ -22,7 +22,7 @@ import yaml
 from jsonschema import Draft7Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
-from servers import SPECS, wait_until
+from servers import SPECS, ManualClock, wait_until
 from zgw_sandbox import (
     CATALOGUS_UUID,
     INFORMATIEOBJECTTYPE_UUID,
@@ -36,14 +36,6 @@ OTHER, OTHER_SECRET = "other-client", "other-test-secret-abcdef0123456789"
 CRS = {"Accept-Crs": "EPSG:4326", "Content-Crs": "EPSG:4326"}
 RSIN = "517439943"
 HOST = "zgw.example.nl"
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def token(secret: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
@@ -66,7 +58,7 @@ def serve() -> Iterator[Callable[..., httpx.Client]]:
 
     def start(**options: Any) -> httpx.Client:
         options.setdefault("clients", {CLIENT: SECRET, OTHER: OTHER_SECRET})
-        options.setdefault("clock", Clock())
+        options.setdefault("clock", ManualClock(NOW))
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -203,7 +195,7 @@ def test_valid_tokens_are_accepted(serve: Callable[..., httpx.Client], claims: d
 
 
 def test_expiry_follows_the_injected_clock_and_leeway(serve: Callable[..., httpx.Client]) -> None:
-    clock = Clock()
+    clock = ManualClock(NOW)
     client = serve(clock=clock, jwt_expiry=300, time_leeway=10)
     headers = bearer()
     clock.now = NOW + 309

@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 import pytest
+from servers import ManualClock
 
 from gateway.config.sections import TokenConfig
 from gateway.dataplane.tokens import Key, TokenCache, mint
@@ -18,14 +19,6 @@ SECRET = "zgw-token-test-secret-0c9e8d7f6a5b4c3d2e1f"
 NOW = 1_760_000_000.75
 
 
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _segment(token: str, index: int) -> dict[str, Any]:
     part = token.split(".")[index]
     decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
@@ -33,16 +26,12 @@ def _segment(token: str, index: int) -> dict[str, Any]:
 
 
 def _mint(**overrides: Any) -> str:
-    kwargs: dict[str, Any] = {
-        "user_id": "u123",
-        "user_representation": "Ambtenaar Een",
-        "now": NOW,
-        "lifetime": 300,
-        "clock_skew": 30,
-        "include_exp": True,
-    }
-    kwargs.update(overrides)
-    return mint("dms-Xy12", SECRET, **kwargs)
+    """A token with the defaults below; `overrides` may name a mint() argument or a TokenConfig field."""
+    kwargs: dict[str, Any] = {"user_id": "u123", "user_representation": "Ambtenaar Een", "now": NOW}
+    settings: dict[str, Any] = {"lifetime": 300, "clock_skew": 30, "include_exp": True}
+    for name, value in overrides.items():
+        (settings if name in settings else kwargs)[name] = value
+    return mint("dms-Xy12", SECRET, TokenConfig(**settings), **kwargs)
 
 
 def test_the_header_is_exactly_hs256_jwt() -> None:
@@ -113,7 +102,7 @@ KEY: Key = ("dms-Xy12", 1, "u1", "Een")
 class Counting(TokenCache):
     """A cache that notes the client_id of every mint."""
 
-    def __init__(self, clock: FakeClock, minted: list[str] | None) -> None:
+    def __init__(self, clock: ManualClock, minted: list[str] | None) -> None:
         super().__init__(SETTINGS, clock)
         self.minted = minted
 
@@ -124,12 +113,12 @@ class Counting(TokenCache):
         return found
 
 
-def _cache(clock: FakeClock, minted: list[str] | None = None) -> TokenCache:
+def _cache(clock: ManualClock, minted: list[str] | None = None) -> TokenCache:
     return Counting(clock, minted)
 
 
 def test_a_cached_token_is_reused_until_the_refresh_margin() -> None:
-    clock = FakeClock()
+    clock = ManualClock(NOW)
     cache = _cache(clock)
     first, cached = cache.get(KEY, SECRET)
     assert not cached
@@ -145,7 +134,7 @@ def test_a_cached_token_is_reused_until_the_refresh_margin() -> None:
 
 
 def test_distinct_users_and_secret_versions_get_distinct_tokens() -> None:
-    clock = FakeClock()
+    clock = ManualClock(NOW)
     minted: list[str] = []
     cache = _cache(clock, minted)
     a, _ = cache.get(("dms", 1, "u1", "Een"), SECRET)
@@ -160,7 +149,7 @@ def test_distinct_users_and_secret_versions_get_distinct_tokens() -> None:
 
 
 def test_evict_drops_one_key() -> None:
-    clock = FakeClock()
+    clock = ManualClock(NOW)
     minted: list[str] = []
     cache = _cache(clock, minted)
     cache.get(KEY, SECRET)
@@ -173,7 +162,7 @@ def test_evict_drops_one_key() -> None:
 
 
 def test_evict_clients_drops_every_token_of_those_clients_only() -> None:
-    clock = FakeClock()
+    clock = ManualClock(NOW)
     cache = _cache(clock)
     for user in ("a", "b", "c"):
         cache.get(("dms", 1, user, ""), SECRET)
@@ -186,7 +175,7 @@ def test_evict_clients_drops_every_token_of_those_clients_only() -> None:
 
 
 def test_a_burst_of_cold_requests_mints_once() -> None:
-    clock = FakeClock()
+    clock = ManualClock(NOW)
     minted: list[str] = []
     cache = _cache(clock, minted)
 
@@ -203,7 +192,7 @@ def test_a_burst_of_cold_requests_mints_once() -> None:
 
 
 def test_the_cache_is_bounded() -> None:
-    cache = TokenCache(SETTINGS, FakeClock(), maxsize=10)
+    cache = TokenCache(SETTINGS, ManualClock(NOW), maxsize=10)
     for i in range(50):
         cache.get(("dms", 1, str(i), ""), SECRET)
     assert len(cache) == 10

@@ -31,18 +31,10 @@ class Minted:
 
 
 def mint(
-    client_id: str,
-    secret: str,
-    *,
-    user_id: str,
-    user_representation: str,
-    now: float,
-    lifetime: int,
-    clock_skew: int,
-    include_exp: bool,
+    client_id: str, secret: str, settings: TokenConfig, *, user_id: str, user_representation: str, now: float
 ) -> str:
-    """A ZGW JWT. Pure: the same inputs give the same token."""
-    iat = int(now) - clock_skew
+    """A ZGW JWT, with `token:`'s lifetime, clock skew and exp setting. Pure: the same inputs give the same token."""
+    iat = int(now) - settings.clock_skew
     claims: dict[str, Any] = {
         "iss": client_id,
         "iat": iat,
@@ -50,8 +42,8 @@ def mint(
         "user_id": user_id,
         "user_representation": user_representation,
     }
-    if include_exp:
-        claims["exp"] = int(now) + lifetime
+    if settings.include_exp:
+        claims["exp"] = int(now) + settings.lifetime
     return jwt.encode(claims, secret, algorithm="HS256", headers={"typ": "JWT"})
 
 
@@ -69,17 +61,7 @@ class TokenCache:
         found = self._cache.get(key)
         if found is not None:
             return found, True
-        s = self.settings
-        token = mint(
-            key[0],
-            secret,
-            user_id=key[2],
-            user_representation=key[3],
-            now=self._clock(),
-            lifetime=s.lifetime,
-            clock_skew=s.clock_skew,
-            include_exp=s.include_exp,
-        )
+        token = mint(key[0], secret, self.settings, user_id=key[2], user_representation=key[3], now=self._clock())
         minted = self._cache[key] = Minted(token, b"Bearer " + token.encode())
         return minted, False
 
