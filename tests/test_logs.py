@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from conftest import ALL_SECRETS, API_KEY, base_config
 from servers import GatewayProcess, metric_value, wait_until
+
+from gateway.dataplane.exchange import instance
 
 ACCESS_FIELDS = {
     "time",
@@ -247,3 +251,33 @@ def test_the_access_writer_batches_lines_whatever_the_stream_buffers() -> None:
     for _ in range(logs.FLUSH_BYTES // 1000 + 1):
         writer.write(big)  # outside a loop each line is flushed at once; past FLUSH_BYTES in any case
     assert len(stream.writes) > 1
+
+
+def test_a_refusal_names_its_access_line_with_a_valid_uuid(gateway: GatewayProcess) -> None:
+    """The problem's instance is an RFC 9562 UUID (version 4, variant 10) whose digits are the request id."""
+    refused = httpx.get(gateway.url + "/zaken/api/v1/zaken", headers={"X-API-Key": "not-a-key"}, timeout=10)
+    urn = refused.json()["instance"]
+    assert urn.startswith("urn:uuid:")
+    found = uuid.UUID(urn)
+    assert (found.version, found.variant) == (4, uuid.RFC_4122)
+    assert _access(gateway, found.hex)["status"] == 401
+    assert refused.headers["x-request-id"] == found.hex
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    ["nginx-req-17", "0" * 32, "5f2cd0a1b2c3d4e5f60718293a4b5c6d", "E3B0C442-98FC-0C14-7AFB-F4C8996FB924"],
+)
+def test_a_request_id_from_a_trusted_proxy_gives_a_valid_uuid_too(request_id: str) -> None:
+    """Ids that are no RFC 9562 UUID become a UUIDv8: of their own hex digits when they have 32 (the first
+    twelve stay, so the id can be found), else of their hash; a proxy's valid UUID is kept as it is."""
+    found = uuid.UUID(instance(request_id))
+    assert found.variant == uuid.RFC_4122
+    assert found.version == 8
+    if len(request_id) == 32:
+        assert found.hex[:12] == request_id[:12]
+
+
+def test_a_valid_uuid_from_a_trusted_proxy_is_the_instance() -> None:
+    given = uuid.uuid4()
+    assert instance(str(given)) == instance(given.hex) == given.urn

@@ -6,6 +6,7 @@ records what arrives. tests/test_opennotificaties.py runs the same against the r
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from conftest import API_KEY, GATEWAY_ENV, base_config
 from receiver import LegacyReceiver
-from servers import GatewayProcess, ManualClock, ThreadServer, free_port, gateway_in_thread, metric_value
+from servers import GatewayProcess, ManualClock, ThreadServer, free_port, gateway_in_thread, metric_value, wait_until
 
 from gateway.config.loading import ConfigError, parse
 
@@ -215,6 +216,22 @@ def test_a_kanaal_outside_the_config_is_relayed_under_other(receiver: tuple[Lega
     assert len(legacy.received) == 1
 
 
+def test_log_access_false_silences_the_notification_endpoint_too(
+    receiver: tuple[LegacyReceiver, str], gateway_factory: Any
+) -> None:
+    legacy, target = receiver
+    cfg = config(target)
+    cfg["log"] = {"access": False}
+    gw: GatewayProcess = gateway_factory(cfg, env=ENV)
+    assert deliver(gw.url, NOTIFICATION).status_code == 204
+    assert deliver(gw.url, PROBE, auth=None).status_code == 401
+    assert len(legacy.received) == 1
+    assert gw.stop() == 0  # the access writer flushes at exit: every line written is in the log now
+    lines = [json.loads(line) for line in gw.log_lines() if line.startswith("{")]
+    assert [line for line in lines if line.get("event") == "shutdown"]  # the log was read to its end
+    assert [line for line in lines if line["logger"] == "zgw_gateway.access"] == []
+
+
 def test_the_endpoint_under_the_real_server(receiver: tuple[LegacyReceiver, str], gateway_factory: Any) -> None:
     legacy, target = receiver
     gw: GatewayProcess = gateway_factory(config(target), env=ENV)
@@ -226,6 +243,7 @@ def test_the_endpoint_under_the_real_server(receiver: tuple[LegacyReceiver, str]
     assert [r.body["resourceUrl"].startswith(gw.url) for r in legacy.received] == [True]
     assert AUTH not in gw.logs() and RECEIVER_KEY not in gw.logs() and AUTH not in gw.metrics()
     assert metric_value(gw.metrics(), M, caller="legacy-dms", kanaal="zaken", outcome="forwarded") == 1
+    wait_until(lambda: '"component":"notifications"' in gw.logs(), 5)  # log.access is on by default
 
 
 @pytest.mark.parametrize(

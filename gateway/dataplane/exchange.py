@@ -2,15 +2,19 @@
 
 An `Exchange` is made when a request arrives (request id, trace context, the client as trusted proxies
 tell it) and finished exactly once: by `refuse` when the gateway answers itself, or by `finish` after the
-upstream's answer was relayed. Finishing writes the metrics and one access-log line.
+upstream's answer was relayed. Finishing writes the metrics and one access-log line. Both request paths
+(proxied requests here, notifications in `notifications.py`) answer with `answer`/`problem_answer` and
+write their access line with `access`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,7 @@ Send = Any  # the ASGI send callable
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 # W3C Trace Context 3.2: version ff and all-zero ids are invalid.
 _TRACEPARENT = re.compile(rb"^(?!ff)[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+_HEX_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\d+)(?=/|$)")
 
 
@@ -80,7 +85,10 @@ class Exchange:
         self.log_headers = logs.allowed_headers(self.raw_headers, log_headers) if log_headers else None
         random = os.urandom(40).hex()  # one syscall for the request id, a trace id and a span id
         incoming_id = self.headers.get(b"x-request-id") if peer.trusted else None
-        self.request_id = incoming_id.decode() if incoming_id and _REQUEST_ID.match(incoming_id) else random[:32]
+        if incoming_id and _REQUEST_ID.match(incoming_id):
+            self.request_id = incoming_id.decode()
+        else:  # a random UUID (RFC 9562 section 5.4: version 4, variant 10), without its dashes
+            self.request_id = f"{random[:12]}4{random[13:16]}{'89ab'[int(random[16], 16) & 3]}{random[17:32]}"
         incoming_trace = self.headers.get(b"traceparent")
         trace = _TRACEPARENT.match(incoming_trace) if incoming_trace else None
         self.trace_started = trace is None
@@ -91,10 +99,9 @@ class Exchange:
             self.trace_id = trace.group(1).decode()
             self.traceparent = trace.group(0).decode()
 
-    async def refuse(self, send: Send, refusal: Refused) -> None:
-        """Answer with the gateway's own problem+json and finish."""
-        problem = refusal.problem
-        body = problem.body(refusal.detail, "urn:uuid:" + uuid_form(self.request_id))
+    def problem_answer(self, refusal: Refused) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of the gateway's own problem+json answer to this request."""
+        body = refusal.problem.body(refusal.detail, instance(self.request_id))
         headers = [
             (b"content-type", problems.CONTENT_TYPE),
             (b"content-length", b"%d" % len(body)),
@@ -104,11 +111,25 @@ class Exchange:
             headers.append((b"retry-after", b"%d" % refusal.retry_after))
         if refusal.close:
             headers.append((b"connection", b"close"))
+        return headers, body
+
+    @staticmethod
+    async def answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         with contextlib.suppress(Exception):  # a caller that is gone cannot be told anything
-            await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
+
+    async def refuse(self, send: Send, refusal: Refused) -> None:
+        """Answer with the gateway's own problem+json and finish."""
+        headers, body = self.problem_answer(refusal)
+        await self.answer(send, refusal.problem.status, headers, body)
         self.outcome.bytes_out = len(body)
-        self.finish(problem.status, error=self.outcome.error or problem.code)
+        self.finish(refusal.problem.status, error=self.outcome.error or refusal.problem.code)
+
+    def access(self, fields: dict[str, Any]) -> None:
+        """The request's access line: its ids and client, then `fields`; none at all with `log.access: false`."""
+        if self.write_access:
+            logs.access({"request_id": self.request_id, "trace_id": self.trace_id, "client": self.peer.ip, **fields})
 
     def finish(self, status: int, source: str = "gateway", error: str = "") -> None:
         metrics = self.metrics
@@ -134,33 +155,41 @@ class Exchange:
                 {"http.request.method": method, "zgw.component": component, "zgw.resource": resource,
                  "zgw.caller": caller, "zgw.request_id": self.request_id, "error.type": error or None},
             )  # fmt: skip
-        if self.write_access:
-            logs.access(
-                {
-                    "request_id": self.request_id,
-                    "trace_id": self.trace_id,
-                    "client": self.peer.ip,
-                    "caller": caller,
-                    "component": component,
-                    "resource": resource,
-                    "method": self.method,
-                    "path": _ID_SEGMENT.sub("/{id}", self.raw_path.decode("ascii", "replace")),
-                    "status": status,
-                    "upstream_status": outcome.upstream_status or None,
-                    "source": source,
-                    "bytes_in": self.bytes_in,
-                    "bytes_out": outcome.bytes_out,
-                    "duration": round(duration, 6),
-                    "upstream_duration": round(outcome.upstream_seconds, 6),
-                    "error": error or None,
-                    "detail": outcome.detail or None,
-                    "retried": outcome.retried or None,
-                    **({"headers": self.log_headers} if self.log_headers is not None else {}),
-                }
-            )
+        self.access(
+            {
+                "caller": caller,
+                "component": component,
+                "resource": resource,
+                "method": self.method,
+                "path": _ID_SEGMENT.sub("/{id}", self.raw_path.decode("ascii", "replace")),
+                "status": status,
+                "upstream_status": outcome.upstream_status or None,
+                "source": source,
+                "bytes_in": self.bytes_in,
+                "bytes_out": outcome.bytes_out,
+                "duration": round(duration, 6),
+                "upstream_duration": round(outcome.upstream_seconds, 6),
+                "error": error or None,
+                "detail": outcome.detail or None,
+                "retried": outcome.retried or None,
+                **({"headers": self.log_headers} if self.log_headers is not None else {}),
+            }
+        )
 
 
-def uuid_form(request_id: str) -> str:
-    if len(request_id) == 32:
-        return f"{request_id[:8]}-{request_id[8:12]}-{request_id[12:16]}-{request_id[16:20]}-{request_id[20:]}"
-    return request_id
+def instance(request_id: str) -> str:
+    """The problem's `instance` (RFC 9457 section 3.1.5): a `urn:uuid:` URI (RFC 9562) that leads to the access
+    line. The gateway's own request ids are UUIDs, so the instance is the line's `request_id` with dashes. An id
+    from a trusted proxy that is no UUID becomes a UUIDv8 (RFC 9562 section 5.8): of its own 32 hex digits when
+    it has them (only the version and variant digits differ, the first twelve match), else of its SHA-256."""
+    with contextlib.suppress(ValueError):
+        given = uuid.UUID(request_id)
+        if given.variant == uuid.RFC_4122 and given.version in range(1, 9):
+            return given.urn
+    if _HEX_ID.match(request_id):
+        value = int(request_id, 16)
+    else:
+        value = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:16])
+    value = (value & ~(0xF << 76)) | (0x8 << 76)  # version 8
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # variant 10
+    return uuid.UUID(int=value).urn

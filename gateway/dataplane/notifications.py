@@ -16,7 +16,6 @@ down: the gateway queues nothing. Every request writes one access line and count
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import re
@@ -32,8 +31,8 @@ import orjson
 from gateway.config.loading import Config, ConfigError
 from gateway.config.secrets import SecretStore
 from gateway.config.sections import CALLER_NAME, PROBE_KANAAL, RESERVED_SEGMENT, Notifications
-from gateway.dataplane import bodies, logs, problems
-from gateway.dataplane.exchange import Exchange, uuid_form
+from gateway.dataplane import bodies, problems
+from gateway.dataplane.exchange import Exchange
 from gateway.dataplane.failures import transport_failure
 from gateway.dataplane.metrics import Metrics
 from gateway.dataplane.problems import Refused
@@ -232,28 +231,20 @@ class Inbox:
         else:
             d.status = refusal.problem.status
             d.error = d.error or refusal.problem.code
-            body = refusal.problem.body(refusal.detail, "urn:uuid:" + uuid_form(ex.request_id))
-            headers += [(b"content-type", problems.CONTENT_TYPE), (b"content-length", b"%d" % len(body))]
+            headers, body = ex.problem_answer(refusal)
             if refusal.problem is problems.NOTIFICATION_METHOD:
                 headers.append((b"allow", b"POST"))
-            if refusal.retry_after is not None:
-                headers.append((b"retry-after", b"%d" % refusal.retry_after))
-            if refusal.close or d.outcome in ("unauthenticated", "refused"):
+            if not refusal.close and d.outcome in ("unauthenticated", "refused"):
                 headers.append((b"connection", b"close"))  # an unread body must not be taken for a request
         self._record(ex, d, len(body))  # before answering: whoever saw the answer can see the record
-        with contextlib.suppress(Exception):  # Open Notificaties gone: it retries on its own
-            await send({"type": "http.response.start", "status": d.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+        await ex.answer(send, d.status, headers, body)  # Open Notificaties gone: it retries on its own
 
     def _record(self, ex: Exchange, d: Delivery, bytes_out: int) -> None:
         self.metrics.notifications(d.caller, d.kanaal, d.outcome).inc()
         if d.relay_seconds:
             self.metrics.notification_relay_duration(d.caller, d.kanaal).observe(d.relay_seconds)
-        logs.access(
+        ex.access(
             {
-                "request_id": ex.request_id,
-                "trace_id": ex.trace_id,
-                "client": ex.peer.ip,
                 "caller": d.caller,
                 "component": "notifications",
                 "kanaal": d.kanaal_name,
