@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -10,15 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, base_config
+from conftest import API_KEY, GATEWAY_ENV, base_config
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import CollectorRegistry
 from servers import GatewayProcess, ThreadServer, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.config.loading import parse
 from gateway.config.sections import Tracing
+from gateway.dataplane.app import GatewayApp, create_app
 from gateway.dataplane.tracing import Tracer
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -129,7 +133,7 @@ def test_spans_are_exported_over_otlp_when_configured(
             bad = client.get("/zaken/api/v1/zaken", headers={"X-API-Key": "wrong"})
         gw.stop()  # the shutdown flushes the batch
         assert (ok.status_code, bad.status_code) == (200, 401)
-        wait_until(lambda: sum(len(s.spans) for b in batches for r in b.resource_spans for s in r.scope_spans) == 2)
+        wait_until(lambda: _spans(batches) == 2)
 
     spans = {}
     for batch in batches:
@@ -151,6 +155,47 @@ def test_spans_are_exported_over_otlp_when_configured(
     assert attributes["zgw.caller"].string_value == "unknown"
     assert attributes["error.type"].string_value == "unknown-caller"
     assert attributes["http.response.status_code"].int_value == 401
+
+
+def _spans(batches: list[ExportTraceServiceRequest]) -> int:
+    return sum(len(s.spans) for b in batches for r in b.resource_spans for s in r.scope_spans)
+
+
+async def _one_request_in_a_lifespan(app: GatewayApp) -> int:
+    """ASGI lifespan startup, one request (refused: no API key), lifespan shutdown; returns the status."""
+    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started, answers = asyncio.Event(), []
+
+    async def lifespan_send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    lifespan.put_nowait({"type": "lifespan.startup"})
+    running = asyncio.create_task(app({"type": "lifespan"}, lifespan.get, lifespan_send))
+    await started.wait()
+    path = "/zaken/api/v1/zaken"
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [], "client": ("127.0.0.1", 50000), "scheme": "http"}  # fmt: skip
+    await app(scope, receive, send)
+    lifespan.put_nowait({"type": "lifespan.shutdown"})
+    await running
+    return int(answers[0]["status"])
+
+
+def test_the_lifespan_shutdown_exports_the_spans_still_queued() -> None:
+    """The batch processor sends every 5 s; a span queued when the gateway stops goes out with the shutdown."""
+    batches: list[ExportTraceServiceRequest] = []
+    with ThreadServer(_otlp_receiver(batches)) as collector:
+        config = _echo_config("http://127.0.0.1:9", tracing={"otlp_endpoint": collector.url})
+        app = create_app(parse(config), registry=CollectorRegistry(), environ=GATEWAY_ENV)
+        assert asyncio.run(_one_request_in_a_lifespan(app)) == 401
+        assert _spans(batches) == 1  # already there when the lifespan shutdown completed
 
 
 def test_tracer_is_off_without_an_endpoint() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.config.loading import Config
-from gateway.dataplane import bodies, notifications, problems, proxy, tracing
+from gateway.dataplane import bodies, notifications, problems, proxy
 from gateway.dataplane import headers as fields
 from gateway.dataplane.bodies import Body
 from gateway.dataplane.callers import Caller
@@ -50,7 +50,7 @@ class GatewayApp:
         self.runtime = Runtime(config, self.metrics, clock, environ)
         self.lifecycle = Lifecycle(self.runtime, Path(config_path) if config_path is not None else None, clock)
         self.admin = self.lifecycle.admin
-        self.tracer = tracing.Tracer(config.tracing)
+        self.tracer = self.runtime.tracer
         self.inbox = notifications.Inbox(self.metrics, self.runtime.secrets)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:

@@ -25,6 +25,7 @@ from gateway.dataplane.notifications import Receiver, receivers
 from gateway.dataplane.rewrite import UrlRewriter
 from gateway.dataplane.routing import Route, RouteTable
 from gateway.dataplane.tokens import TokenCache
+from gateway.dataplane.tracing import Tracer
 from gateway.http1.pool import Pool, ssl_context
 
 log = logging.getLogger("zgw_gateway")
@@ -70,6 +71,7 @@ class Runtime:
         self.clock = clock
         self.secrets = SecretStore([], environ)
         self.tokens = TokenCache(config.token, clock)
+        self.tracer = Tracer(config.tracing)  # applies at start only (tracing.py)
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limiters: dict[str, tuple[RateLimit, RateLimiter]] = {}
         self.pools: dict[str, Pool] = {}
@@ -191,8 +193,10 @@ class Runtime:
         self.metrics.in_flight(route.name).dec()
 
     def close(self) -> None:
+        """At shutdown, once no request is in flight: close the pools, export the spans still queued."""
         for pool in self.pools.values():
             pool.close()
+        self.tracer.shutdown()
 
 
 def _credentials(config: Config) -> set[tuple[str, object]]:
