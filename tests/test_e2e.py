@@ -107,7 +107,7 @@ def test_the_token_has_exactly_the_zgw_format(gateway: GatewayProcess, sandbox: 
 def test_upstream_authentication_failures_pass_through_unchanged(
     sandbox: str, gateway_factory: Callable[..., GatewayProcess]
 ) -> None:
-    """ZGW.md section 3 from the gateway's side: the upstream's 403 and its code reach the caller as sent."""
+    """docs/zgw.md, "403 codes", from the gateway's side: the upstream's 403 and its code reach the caller as sent."""
     config = base_config(sandbox)
     config["callers"][0]["client_id"] = "not-known-upstream"
     config["callers"][1]["secret"] = {"env": "WRONG_SECRET"}

@@ -1,7 +1,7 @@
 """What the ZGW side must grant a client: the `autorisaties` of a caller or credential in config.yaml.
 
 Either `all` (the Applicatie's `heeftAlleAutorisaties`) or a list of autorisaties as the Autorisaties API
-knows them (../shared/ZGW.md section 6). One config entry may name several zaaktypen; the API holds one
+knows them (docs/zgw.md, "Autorisaties"). One config entry may name several zaaktypen; the API holds one
 Autorisatie per type, so `rows()` expands them. Type URLs are the upstream's own (what the Autorisaties API
 stores), not the gateway's public URLs.
 """

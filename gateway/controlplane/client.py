@@ -6,7 +6,8 @@ travels elsewhere.
 
 httpx, with no proxy settings from the environment, explicit timeouts, never a redirect followed (the
 token must not travel to another host), and the TLS settings of the config. Every failure becomes one
-short message; a token or secret never appears in one.
+short message; a token or secret never appears in one. What a ZGW server's 403 codes mean: `zgw.FORBIDDEN`
+(docs/zgw.md, "403 codes").
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ class GatewayApp:
             (b"traceparent", ex.traceparent.encode()),
         ]
         if route.crs is not None:
-            # ZGW.md section 4: add when absent, never overwrite - a wrong value must still get its 406.
+            # docs/zgw.md, "CRS headers": add when absent, never overwrite - a wrong value must still get its 406.
             if b"accept-crs" not in headers:
                 owned.append((b"accept-crs", route.crs))
             if b"content-crs" not in headers:

@@ -1,6 +1,6 @@
 """Which URLs in a body, header or query string point at an upstream, and what they become behind the gateway.
 
-ZGW servers build absolute URLs from their own host (ZGW.md section 5). For components with
+ZGW servers build absolute URLs from the host they see (docs/zgw.md, "Absolute URLs"). For components with
 ``rewrite_urls: true`` the gateway swaps each upstream base for its public base (``public_url`` + component
 prefix) in JSON responses and ``Location``/``Content-Location``, and back in JSON request bodies and query
 strings. One ``UrlRewriter`` covers every configured pair at once, so a zaak on host A that points at a

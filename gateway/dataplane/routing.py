@@ -46,7 +46,8 @@ class Route:
     public_host: str
     resources: frozenset[str] = field(default_factory=frozenset)
     pool: Pool = field(init=False)  # set by runtime.Runtime, which keeps pools across reloads
-    # Precomputed for the hot path: the Host header sent upstream, X-Forwarded-Host, the CRS value.
+    # Precomputed for the hot path: the Host header sent upstream (the server builds its URLs from it:
+    # docs/zgw.md, "Absolute URLs"), X-Forwarded-Host, the CRS value.
     host_header: bytes = b""
     public_host_header: bytes = b""
     crs: bytes | None = None

@@ -1,6 +1,6 @@
 """The ZGW JWT a request carries upstream: minted exactly as ZGW servers expect, and cached.
 
-Format (../shared/ZGW.md section 2): header {"alg": "HS256", "typ": "JWT"}; claims iss = client_id, iat,
+Format (docs/zgw.md, "Token"): header {"alg": "HS256", "typ": "JWT"}; claims iss = client_id, iat,
 client_id, user_id, user_representation (strings, never null), exp when configured; no aud, no nbf.
 `iat` is back-dated by `clock_skew` so a server whose clock runs behind ours still sees a past iat.
 
