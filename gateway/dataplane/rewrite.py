@@ -31,12 +31,8 @@ Rules, the same in every direction:
 Bodies must be UTF-8 JSON (RFC 8259) without ``Content-Encoding``; the caller decides that
 (``is_json_content_type``) and drops ``Content-Length`` because lengths change.
 
-Cost on the 2-core development machine (``uv run pytest tests/test_rewrite.py -k speed -s``), three
-components on two hosts:
-
-- ~1.2 KB ZGW list page with 9 URLs: ``to_public`` 4.7 µs per call (parse + walk + dump: ~30 µs).
-- 50 MB JSON with base64 ``inhoud``: whole body 0.09-0.13 s, peak 100 MiB on top of the input (parse + walk
-  + dump: 0.40 s, 150 MiB); streaming in 64 KiB chunks 0.07 s, peak 0.19 MiB. Large bodies should stream.
+A whole body costs about twice its size in memory while rewritten, a stream next to nothing: large bodies
+stream (``REWRITE_BUFFER_LIMIT``). What a rewrite costs: bench/README.md, "Figures the code's comments refer to".
 """
 
 from __future__ import annotations
@@ -140,7 +136,7 @@ class _JsonDirection:
     def sub(self, data: bytes) -> bytes:
         if self.pattern is None:
             return data
-        # split + one C-level map is ~25 % faster than sub() with a Python callback per match.
+        # split + one C-level map is faster than sub() with a Python callback per match (bench/README.md).
         parts = self.pattern.split(data)
         if len(parts) == 1:
             return data

@@ -111,8 +111,8 @@ class RouteTable:
         return None
 
 
-# Resource names of the ZGW APIs (the collection paths in ../shared/zgw-specs), the bounded label set for
-# metrics. Anything else becomes 'other'.
+# Resource names of the ZGW APIs (the collection paths of their OpenAPI documents, docs/zgw.md "References"),
+# the bounded label set for metrics. Anything else becomes 'other'.
 KNOWN_RESOURCES = frozenset(
     {
         # Zaken

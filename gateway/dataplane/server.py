@@ -4,10 +4,10 @@ Both listeners are granian servers embedded in the gateway's own asyncio loop. G
 uvicorn because it bounds what a slow or hostile client can hold: a header-read timeout cuts slowloris
 connections (uvicorn has none, encode/uvicorn#157), oversized headers get 431 before the app runs, and
 its HTTP/1 parser refuses obs-fold, bare LF, whitespace before the colon and CR in values. See
-docs/security.md for the measurements. The gateway under granian also serves 1.1-1.5 x the requests per
-second it serves under uvicorn, for 0.12 ms more at p50 at 500 req/s (bench/micro.py --only floor;
-bench/README.md, "Where the added latency goes"). ASGI rather than granian's own RSGI, which a bare proxy
-served 20 % faster (measured by hand): RSGI hands the app a percent-decoded path (`/a%2Fb` arrives as
+docs/security.md for the measurements. The gateway under granian also serves more requests per second
+than under uvicorn, for slightly more latency at p50 (bench/README.md, "Where the added latency goes").
+ASGI rather than granian's own RSGI, though a bare proxy serves faster on RSGI (bench/README.md, "Figures
+the code's comments refer to"): RSGI hands the app a percent-decoded path (`/a%2Fb` arrives as
 `/a/b`), silently drops request header values that are not ASCII, and ends a response stream the app
 abandoned with a clean last chunk - the cut body would look complete.
 
@@ -43,11 +43,10 @@ log = logging.getLogger("zgw_gateway")
 # when a head does not fit. Hyper refuses a buffer below 8 KiB.
 _REQUEST_LINE_ALLOWANCE = 8192
 # Hyper's read buffer is also the largest piece of a request body it hands over, and every piece crosses
-# from granian's Rust thread to the event loop (a GIL handoff and about 8 context switches on one core).
-# At max_header_bytes + 8 KiB (24 KiB) a 512 MiB upload took 21,849 recvfrom and 106,361 futex calls and
-# 1.9 s of CPU, 3.5 x nginx's; at hyper's own default (8 KiB + 400 KiB) it takes 1,457 recvfrom, 7,330
-# futex calls and 0.4 s (bench/README.md, "Uploads"). Heads between max_header_bytes and this size still
-# get 431: the app checks limits.max_header_bytes itself before routing.
+# from granian's Rust thread to the event loop (a GIL handoff and several context switches on one core):
+# a buffer of max_header_bytes + 8 KiB made uploads several times slower than nginx, hyper's own default
+# (8 KiB + 400 KiB) does not (bench/README.md, "Uploads: where the time went"). Heads between
+# max_header_bytes and this size still get 431: the app checks limits.max_header_bytes itself before routing.
 _READ_BUFFER = 8192 + 4096 * 100
 # Granian's own loggers go to the root logger (logs.setup formats them); its banner and per-worker
 # chatter stay below the gateway's level.
@@ -78,8 +77,9 @@ def _granian(app: Any, host: str, port: int, config: Config, *, admin: bool) -> 
         http=HTTPModes.http1,
         websockets=False,
         backlog=2048,
-        # asyncio's tasks: granian's Rust tasks measured +25% requests/s here, but broke a retried request
-        # (GeneratorExit) and the shutdown (asyncio.all_tasks fails on them), so they are not used.
+        # asyncio's tasks: granian's Rust tasks serve more requests/s (bench/README.md, "Figures the code's
+        # comments refer to"), but broke a retried request (GeneratorExit) and the shutdown
+        # (asyncio.all_tasks fails on them), so they are not used.
         task_impl=TaskImpl.asyncio,
         # Requests granian hands to the app at once; beyond limits.max_in_flight the app answers a fast 503,
         # so granian must let that many (and some) through rather than queue them silently.
@@ -163,11 +163,10 @@ def _batch_scheduling() -> None:
     """SCHED_BATCH for this thread and every thread it starts (granian's I/O threads among them).
 
     Granian reads and writes on its own threads and hands each request to the event loop and each answer
-    back. On one core, every such wake-up preempted the other thread mid-request: 1.15 involuntary context
-    switches per proxied GET, and the gateway's CPU time per request 155-245 us. As batch threads they do not
-    preempt each other on wake-up but run when the other waits: 0.02 switches and 116-143 us per request,
-    measured alternately on the same process (bench/README.md, "Scheduling"). Fairness is unchanged; only
-    wake-up preemption goes (sched(7)). Where the system refuses, the default policy stays.
+    back. On one core, every such wake-up preempted the other thread mid-request. As batch threads they do
+    not preempt each other on wake-up but run when the other waits, which takes CPU time off every request
+    (bench/README.md, "Small requests: one core, three threads"). Fairness is unchanged; only wake-up
+    preemption goes (sched(7)). Where the system refuses, the default policy stays.
     """
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
