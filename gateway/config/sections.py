@@ -31,8 +31,7 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 # The first path segment of the gateway's own endpoints on the proxy port; no component prefix may take it.
 RESERVED_SEGMENT = "-"
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
-# A caller's name: a metric label, and a path segment of its notification endpoint.
-CALLER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+CALLER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"  # a metric label, and a segment of the notification endpoint
 
 
 def _network(value: Any) -> Any:
@@ -212,15 +211,11 @@ class User(Model):
 
 
 class ClientCredentials(Model):
-    """A ZGW client_id and where its secret lives."""
-
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
 
 
-class Credentials(ClientCredentials):
-    """A caller's own credentials for one component (`callers[].credentials.<component>`)."""
-
+class Credentials(ClientCredentials):  # callers[].credentials.<component>
     next: ClientCredentials | None = None  # registered beside these while a secret rotates (README: Rotating a secret)
     autorisaties: Grant | None = None  # what `provision` registers for this client_id
 
