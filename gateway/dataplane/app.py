@@ -70,17 +70,26 @@ class GatewayApp:
         if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
             rewriter, timeout = snap.rewriter, snap.config.limits.body_read_timeout
             return await self.inbox.handle(ex, snap.receivers, rewriter, timeout, receive, send)
+        admitted = None  # the route counted in flight; released once, before the answer, however it ends
         try:
-            route = ex.route = self.route(ex, snap)
-            caller = self.caller(ex, snap, route)
-            self.admit(route)
-            token = self.token(ex, snap, caller, route)
-            body = await self.body(ex, snap, route, receive)
-            fw = self.plan(ex, snap, route, token, body)
-            self.allow(route, fw)
-        except Refused as refusal:
-            return await ex.refuse(send, refusal)
-        await self.forward(ex, route, fw, send)
+            try:
+                route = ex.route = self.route(ex, snap)
+                caller = self.caller(ex, snap, route)
+                admitted = self.admit(route)
+                token = self.token(ex, snap, caller, route)
+                body = await self.body(ex, snap, route, receive)
+                fw = self.plan(ex, snap, route, token, body)
+                self.allow(route, fw)
+            except Refused as refusal:
+                if admitted is not None:
+                    self.runtime.land(admitted)
+                    admitted = None
+                return await ex.refuse(send, refusal)
+            admitted = None  # forward lands it before relaying the answer
+            await self.forward(ex, route, fw, send)
+        finally:
+            if admitted is not None:  # an exception or a cancellation (the caller went away)
+                self.runtime.land(admitted)
 
     # 1. Limits and path hygiene, then the longest configured prefix picks the component.
     def route(self, ex: Exchange, snap: Snapshot) -> Route:
@@ -106,11 +115,13 @@ class GatewayApp:
             raise Refused(problems.RATE_LIMITED, "Slow down.", retry_after=wait)
         return caller
 
-    # 3. Admission: a fast 503 instead of a queue when too much is in flight.
-    def admit(self, route: Route) -> None:
-        if not self.runtime.admit(route):
+    # 3. Admission: a fast 503 instead of a queue when too much is in flight. An admitted request counts
+    # from here, while its body is read too (issue 20): `handle` lands it exactly once.
+    def admit(self, route: Route) -> Route:
+        if not self.runtime.take_off(route):
             self.metrics.upstream_failures(route.name, "overloaded").inc()
             raise Refused(problems.OVERLOADED, "Too many requests in flight.", retry_after=1)
+        return route
 
     # 4. The token: the end user (fixed, or from headers when allowed), the credentials, the cached JWT.
     def token(
@@ -254,11 +265,10 @@ class GatewayApp:
 
     # 8. Forward and relay, then 9. record.
     async def forward(self, ex: Exchange, route: Route, fw: proxy.Forward, send: Send) -> None:
-        self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
         outcome = ex.outcome
-        self.runtime.take_off(route)
         try:
             try:
+                self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
                 await proxy.forward(fw, send, outcome)
             finally:
                 self.runtime.land(route)  # before answering: in-flight reads 0 once the caller has its answer
