@@ -93,8 +93,15 @@ class GatewayApp:
 
     # 1. Limits and path hygiene, then the longest configured prefix picks the component.
     def route(self, ex: Exchange, snap: Snapshot) -> Route:
-        if sum(len(k) + len(v) + 4 for k, v in ex.raw_headers) > snap.config.limits.max_header_bytes:
-            raise Refused(problems.HEADERS_TOO_LARGE, "The request headers exceed the limit.")
+        limit = snap.config.limits.max_header_bytes
+        # The head is the request line and the header fields (issue 20): a target alone over the limit is
+        # 414 (RFC 9110 15.5.15, the caller must shorten the URI); a head over it is 431 (RFC 6585 5).
+        target = len(ex.raw_path) + (len(ex.query) + 1 if ex.query else 0)
+        if target > limit:
+            raise Refused(problems.URI_TOO_LONG, "The request target exceeds the limit.")
+        line = len(ex.method) + target + len(" HTTP/1.1\r\n") + 1
+        if line + sum(len(k) + len(v) + 4 for k, v in ex.raw_headers) > limit:
+            raise Refused(problems.HEADERS_TOO_LARGE, "The request line and headers exceed the limit.")
         if not is_safe_path(ex.raw_path):
             raise Refused(problems.BAD_PATH, "The path holds a segment the gateway refuses.")
         route = snap.routes.match(ex.raw_path)
@@ -106,7 +113,9 @@ class GatewayApp:
     def caller(self, ex: Exchange, snap: Snapshot, route: Route) -> Caller:
         caller = ex.caller = snap.callers.identify(ex.headers, ex.peer)
         if caller is None:
-            raise Refused(problems.UNKNOWN_CALLER, "Send a valid API key, or call from a known network.")
+            raise Refused(
+                problems.UNKNOWN_CALLER, "Send a valid API key, or call from a known network.", headers=snap.challenges
+            )
         if route.name not in caller.components:
             raise Refused(problems.FORBIDDEN_COMPONENT, f"Not allowed on '{route.name}'.")
         if caller.methods is not None and ex.method not in caller.methods:

@@ -104,6 +104,7 @@ class Exchange:
             headers.append((b"retry-after", b"%d" % refusal.retry_after))
         if refusal.close:
             headers.append((b"connection", b"close"))
+        headers.extend(refusal.headers)
         with contextlib.suppress(Exception):  # a caller that is gone cannot be told anything
             await send({"type": "http.response.start", "status": problem.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -58,6 +58,12 @@ class Snapshot:
             self.user_rep_header,
         }
         self.log_headers = [h.encode() for h in config.log.headers]
+        # RFC 9110 11.6.1: a 401 names the schemes that work. The API key goes as the Basic password (any
+        # user name) or in its own header; "ApiKey" is not a registered scheme, its `header` names that one.
+        self.challenges = (
+            (b"www-authenticate", b'Basic realm="zgw-gateway"'),
+            (b"www-authenticate", b'ApiKey realm="zgw-gateway", header="%s"' % ident.api_key_header.encode()),
+        )
 
 
 class Runtime:
