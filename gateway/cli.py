@@ -92,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         '  try: curl -H "X-API-Key: demo-key" http://127.0.0.1:8000/zaken/api/v1/zaken',
         flush=True,
     )
-    return server.run(app, extra=[(sandbox, "127.0.0.1", args.sandbox_port)])
+    return server.run(app, extra=[("sandbox", sandbox, "127.0.0.1", args.sandbox_port)])
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -243,16 +243,42 @@ def rss(pid: int) -> int:
     return 0
 
 
-def metric_value(exposition: str, name: str, **labels: str) -> float:
-    """The sum of samples of `name` whose labels include `labels`."""
+def metric_value(exposition: str, name: str, default: float | None = None, **labels: str) -> float:
+    """The sum of samples of `name` whose labels include `labels`.
+
+    A metric name the exposition does not have, or a label it does not carry, is an error: a renamed metric
+    must fail the test, not read 0. A series that does not exist yet (no sample with these label values) is
+    an error too, unless the test passes `default` deliberately: prometheus_client makes a labelled series
+    only when it is first counted, so "none yet" is a legitimate answer for such a series."""
+    matching = _series(exposition, name, labels)
+    if not matching:
+        assert default is not None, f"no series {name}{labels} in the exposition"
+        return default
+    return sum(matching)
+
+
+def metric_absent(exposition: str, name: str, **labels: str) -> bool:
+    """True when the metric `name` exists but has no series with these label values (none counted yet)."""
+    return not _series(exposition, name, labels)
+
+
+_SUFFIXES = ("", "_total", "_count", "_sum", "_bucket", "_created")
+
+
+def _series(exposition: str, name: str, labels: dict[str, str]) -> list[float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    total = 0.0
+    found = False
+    samples = []
     for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+        # A family with no series yet still has its HELP and TYPE lines: it exists, with no samples.
+        found = found or name in {family.name + suffix for suffix in _SUFFIXES}
+        samples += [sample for sample in family.samples if sample.name == name]
+    assert found, f"no metric {name} in the exposition"
+    known = {k for sample in samples for k in sample.labels}
+    unknown = set(labels) - known
+    assert not samples or not unknown, f"{name} has no label(s) {sorted(unknown)}; it has {sorted(known)}"
+    return [s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items())]
 
 
 @contextlib.contextmanager

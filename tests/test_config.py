@@ -63,6 +63,48 @@ def errors_of(mutate: Callable[[dict[str, Any]], object]) -> list[str]:
     return info.value.errors
 
 
+def _key_header(d: dict[str, Any], name: str) -> None:
+    d["identity"] = {"api_key_header": name}
+
+
+def _no_cert_callers(d: dict[str, Any]) -> None:
+    d["callers"].pop(1)
+
+
+@pytest.mark.parametrize(
+    ("setup", "logged", "refused"),
+    [
+        (None, ["Authorization"], "carries the caller's credentials"),
+        (None, ["proxy-authorization"], "carries credentials"),
+        (None, ["X-Request-ID", "COOKIE"], "carries session credentials"),
+        (None, ["X-API-Key"], "it is identity.api_key_header"),
+        (lambda d: _key_header(d, "X-Gateway-Key"), ["x-gateway-key"], "it is identity.api_key_header"),
+        # a caller is identified by certificate subject, through the trusted proxies
+        (None, ["X-SSL-Client-S-DN"], "it is identity.cert_subject_header, and callers are identified by it"),
+        (lambda d: _key_header(d, "X-Gateway-Key"), ["X-Api-Key"], None),  # no longer the key header
+        (_no_cert_callers, ["X-SSL-Client-S-DN"], None),  # no caller is identified by it
+        (lambda d: d.update(trusted_proxies=[]), ["X-SSL-Client-S-DN"], None),  # it never counts
+        (None, ["X-Request-ID", "User-Agent", "X-ZGW-User-Id"], None),
+    ],
+)
+def test_log_headers_refuse_every_header_that_carries_a_credential(
+    setup: Callable[[dict[str, Any]], None] | None, logged: list[str], refused: str | None
+) -> None:
+    data = valid()
+    if setup is not None:
+        setup(data)
+    data["log"] = {"headers": logged}
+    if refused is None:
+        assert parse(data).log.headers == [h.lower() for h in logged]
+        return
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    index = len(logged) - 1
+    [error] = info.value.errors
+    assert error.startswith(f"log.headers[{index}]: '{logged[index].lower()}' cannot be logged: "), error
+    assert refused in error
+
+
 def test_a_valid_config_loads_into_typed_objects() -> None:
     config = parse(valid())
     assert isinstance(config, Config)
@@ -117,8 +159,9 @@ def test_the_objects_are_frozen() -> None:
         (lambda d: d["callers"][0]["api_keys"].append({"sha256": "abc"}), "callers[0].api_keys[2].sha256: "),
         (lambda d: d["callers"][0]["api_keys"].append({"sha256": "g" * 64}), "callers[0].api_keys[2].sha256: "),
         (lambda d: d["callers"][0]["api_keys"].append({"env": "A", "sha256": SHA}), "callers[0].api_keys[2]: "),
-        (lambda d: d.update(log={"headers": ["Authorization"]}), "log.headers: "),
-        (lambda d: d.update(log={"headers": ["X-Request-ID", "cookie"]}), "log.headers: "),
+        (lambda d: d.update(log={"headers": ["Authorization"]}), "log.headers[0]: "),
+        (lambda d: d.update(log={"headers": ["X-Request-ID", "cookie"]}), "log.headers[1]: "),
+        (lambda d: d.update(log={"headers": ["X Request"]}), "log.headers: "),
         (lambda d: d["callers"][0].update(methods=["get"]), "callers[0].methods: "),
         (lambda d: d["callers"][0].update(client_id="x" * 51), "callers[0].client_id: "),
         (lambda d: d.update(public_url="http://gw.intern:8000/base"), "public_url: "),

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from servers import metric_absent, metric_value
 
 from gateway.dataplane.failures import Abort
 from gateway.dataplane.metrics import FAILURE_REASONS, Metrics, forbidden_code, method_label
@@ -130,3 +131,22 @@ def test_promtool_accepts_the_exposition() -> None:
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
     assert proc.stdout.strip() == b"", proc.stdout.decode()
+
+
+def test_the_metric_helpers_fail_on_a_metric_or_label_that_does_not_exist() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("zgw_gateway_things", "Things.", ["reason"], registry=registry)
+    empty = generate_latest(registry).decode()
+    assert metric_absent(empty, "zgw_gateway_things_total")
+    with pytest.raises(AssertionError, match="no series"):
+        metric_value(empty, "zgw_gateway_things_total", reason="a")
+    assert metric_value(empty, "zgw_gateway_things_total", default=0.0, reason="a") == 0.0  # none yet, said so
+    counter.labels("a").inc(2)
+    exposition = generate_latest(registry).decode()
+    assert metric_value(exposition, "zgw_gateway_things_total", reason="a") == 2
+    with pytest.raises(AssertionError, match="no metric"):
+        metric_value(exposition, "zgw_gateway_thing_total", default=0.0)  # a renamed metric never reads 0
+    with pytest.raises(AssertionError, match="no label"):
+        metric_value(exposition, "zgw_gateway_things_total", default=0.0, code="a")
+    with pytest.raises(AssertionError, match="no metric"):
+        metric_absent(exposition, "zgw_gateway_thing_total")

@@ -200,7 +200,7 @@ def test_prometheus_reads_exactly_the_traffic_sent(
     received = _send(gw, TRAFFIC)
     # A request is counted just after its last byte goes out: first see the gateway count them all, then wait
     # for a scrape that started after that.
-    wait_until(lambda: metric_value(gw.metrics(), "zgw_gateway_requests_total") == len(TRAFFIC), 10)
+    wait_until(lambda: metric_value(gw.metrics(), "zgw_gateway_requests_total", default=0.0) == len(TRAFFIC), 10)
     counted = time.time()
     wait_until(lambda: any(t > counted for t in prom.query('timestamp(up{job="zgw-gateway"})').values()), 20, 0.2)
     assert prom.scalar('up{job="zgw-gateway"}') == 1

@@ -96,6 +96,7 @@ class Config(Model):
                 if creds.next is not None and creds.next.client_id == creds.client_id:
                     errors.append(f"callers[{i}]{key}.next.client_id: must differ from the current client_id")
         errors.extend(self._autorisaties_api_errors())
+        errors.extend(self._logged_credentials())
         rewritten = {name: comp for name, comp in self.components.items() if comp.rewrite_urls}
         if rewritten:
             try:
@@ -119,6 +120,25 @@ class Config(Model):
                     errors.append(f"{key}: '{comp_name}' is already in autorisaties_apis.{holder[comp_name]}")
                 holder.setdefault(comp_name, name)
         return errors
+
+    def _logged_credentials(self) -> list[str]:
+        """log.headers entries that carry a credential: they would land in every access line (issue 20)."""
+        why = {
+            "authorization": "it carries the caller's credentials (the API key as a Basic password)",
+            "proxy-authorization": "it carries credentials",
+            "cookie": "it carries session credentials",
+            self.identity.api_key_header.lower(): "it is identity.api_key_header: it carries the API key",
+        }
+        if self.trusted_proxies and any(c.cert_subjects for c in self.callers):
+            # From a trusted proxy the subject alone identifies a caller (callers[].cert_subjects).
+            why[self.identity.cert_subject_header.lower()] = (
+                "it is identity.cert_subject_header, and callers are identified by it"
+            )
+        return [
+            f"log.headers[{i}]: '{name}' cannot be logged: {why[name]}"
+            for i, name in enumerate(self.log.headers)
+            if name in why
+        ]
 
     def secret_refs(self) -> list[SecretRef]:
         """Every secret the gateway itself reads: API keys, ZGW client secrets, the notifications' secrets."""

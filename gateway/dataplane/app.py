@@ -71,22 +71,38 @@ class GatewayApp:
         if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
             rewriter, timeout = snap.rewriter, snap.config.limits.body_read_timeout
             return await self.inbox.handle(ex, snap.receivers, rewriter, timeout, receive, send)
+        admitted = None  # the route counted in flight; released once, before the answer, however it ends
         try:
-            route = ex.route = self.route(ex, snap)
-            caller = self.caller(ex, snap, route)
-            self.admit(route)
-            token = self.token(ex, snap, caller, route)
-            body = await self.body(ex, snap, route, receive)
-            fw = self.plan(ex, snap, route, token, body)
-            self.allow(route, fw)
-        except Refused as refusal:
-            return await ex.refuse(send, refusal)
-        await self.forward(ex, route, fw, send)
+            try:
+                route = ex.route = self.route(ex, snap)
+                caller = self.caller(ex, snap, route)
+                admitted = self.admit(route)
+                token = self.token(ex, snap, caller, route)
+                body = await self.body(ex, snap, route, receive)
+                fw = self.plan(ex, snap, route, token, body)
+                self.allow(route, fw)
+            except Refused as refusal:
+                if admitted is not None:
+                    self.runtime.land(admitted)
+                    admitted = None
+                return await ex.refuse(send, refusal)
+            admitted = None  # forward lands it before relaying the answer
+            await self.forward(ex, route, fw, send)
+        finally:
+            if admitted is not None:  # an exception or a cancellation (the caller went away)
+                self.runtime.land(admitted)
 
     # 1. Limits and path hygiene, then the longest configured prefix picks the component.
     def route(self, ex: Exchange, snap: Snapshot) -> Route:
-        if sum(len(k) + len(v) + 4 for k, v in ex.raw_headers) > snap.config.limits.max_header_bytes:
-            raise Refused(problems.HEADERS_TOO_LARGE, "The request headers exceed the limit.")
+        limit = snap.config.limits.max_header_bytes
+        # The head is the request line and the header fields (issue 20): a target alone over the limit is
+        # 414 (RFC 9110 15.5.15, the caller must shorten the URI); a head over it is 431 (RFC 6585 5).
+        target = len(ex.raw_path) + (len(ex.query) + 1 if ex.query else 0)
+        if target > limit:
+            raise Refused(problems.URI_TOO_LONG, "The request target exceeds the limit.")
+        line = len(ex.method) + target + len(" HTTP/1.1\r\n") + 1
+        if line + sum(len(k) + len(v) + 4 for k, v in ex.raw_headers) > limit:
+            raise Refused(problems.HEADERS_TOO_LARGE, "The request line and headers exceed the limit.")
         if not is_safe_path(ex.raw_path):
             raise Refused(problems.BAD_PATH, "The path holds a segment the gateway refuses.")
         route = snap.routes.match(ex.raw_path)
@@ -98,7 +114,9 @@ class GatewayApp:
     def caller(self, ex: Exchange, snap: Snapshot, route: Route) -> Caller:
         caller = ex.caller = snap.callers.identify(ex.headers, ex.peer)
         if caller is None:
-            raise Refused(problems.UNKNOWN_CALLER, "Send a valid API key, or call from a known network.")
+            raise Refused(
+                problems.UNKNOWN_CALLER, "Send a valid API key, or call from a known network.", headers=snap.challenges
+            )
         if route.name not in caller.components:
             raise Refused(problems.FORBIDDEN_COMPONENT, f"Not allowed on '{route.name}'.")
         if caller.methods is not None and ex.method not in caller.methods:
@@ -107,11 +125,13 @@ class GatewayApp:
             raise Refused(problems.RATE_LIMITED, "Slow down.", retry_after=wait)
         return caller
 
-    # 3. Admission: a fast 503 instead of a queue when too much is in flight.
-    def admit(self, route: Route) -> None:
-        if not self.runtime.admit(route):
+    # 3. Admission: a fast 503 instead of a queue when too much is in flight. An admitted request counts
+    # from here, while its body is read too (issue 20): `handle` lands it exactly once.
+    def admit(self, route: Route) -> Route:
+        if not self.runtime.take_off(route):
             self.metrics.upstream_failures(route.name, Failure.OVERLOADED).inc()
             raise Refused(problems.OVERLOADED, "Too many requests in flight.", retry_after=1)
+        return route
 
     # 4. The token: the end user (fixed, or from headers when allowed), the credentials, the cached JWT.
     def token(
@@ -255,11 +275,10 @@ class GatewayApp:
 
     # 8. Forward and relay, then 9. record.
     async def forward(self, ex: Exchange, route: Route, fw: proxy.Forward, send: Send) -> None:
-        self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
         outcome = ex.outcome
-        self.runtime.take_off(route)
         try:
             try:
+                self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
                 await proxy.forward(fw, send, outcome)
             finally:
                 self.runtime.land(route)  # before answering: in-flight reads 0 once the caller has its answer

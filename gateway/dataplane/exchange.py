@@ -111,6 +111,7 @@ class Exchange:
             headers.append((b"retry-after", b"%d" % refusal.retry_after))
         if refusal.close:
             headers.append((b"connection", b"close"))
+        headers.extend(refusal.headers)
         return headers, body
 
     @staticmethod

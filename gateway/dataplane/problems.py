@@ -40,14 +40,23 @@ class Problem:
 class Refused(Exception):
     """The gateway answers the request itself with `problem`; raised by a step of the request path and
     answered by app.handle. `retry_after` (seconds) becomes a Retry-After of whole seconds, at least 1;
-    `close` asks the server to close the caller's connection after the answer."""
+    `close` asks the server to close the caller's connection after the answer; `headers` go with the answer
+    (a 401's WWW-Authenticate)."""
 
-    def __init__(self, problem: Problem, detail: str, retry_after: float | None = None, close: bool = False) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        detail: str,
+        retry_after: float | None = None,
+        close: bool = False,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(problem.code)
         self.problem = problem
         self.detail = detail
         self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
         self.close = close
+        self.headers = headers
 
 
 BAD_REQUEST = Problem(400, "bad-request", "The request is malformed.")
@@ -60,6 +69,7 @@ BODY_TIMEOUT = Problem(408, "body-timeout", "The request body arrived too slowly
 BODY_TOO_LARGE = Problem(413, "body-too-large", "The request body is larger than allowed.")
 BAD_USER = Problem(400, "bad-user", "The end-user headers are not valid.")
 RATE_LIMITED = Problem(429, "rate-limited", "This caller sent too many requests.")
+URI_TOO_LONG = Problem(414, "uri-too-long", "The request target is longer than allowed.")
 HEADERS_TOO_LARGE = Problem(431, "headers-too-large", "The request headers are larger than allowed.")
 UPSTREAM_UNREACHABLE = Problem(502, "upstream-unreachable", "The upstream could not be reached.")
 UPSTREAM_DNS = Problem(502, "upstream-dns", "The upstream host name does not resolve.")

@@ -59,6 +59,12 @@ class Snapshot:
             self.user_rep_header,
         }
         self.log_headers = [h.encode() for h in config.log.headers]
+        # RFC 9110 11.6.1: a 401 names the schemes that work. The API key goes as the Basic password (any
+        # user name) or in its own header; "ApiKey" is not a registered scheme, its `header` names that one.
+        self.challenges = (
+            (b"www-authenticate", b'Basic realm="zgw-gateway"'),
+            (b"www-authenticate", b'ApiKey realm="zgw-gateway", header="%s"' % ident.api_key_header.encode()),
+        )
 
 
 class Runtime:
@@ -172,20 +178,21 @@ class Runtime:
     def problems(self) -> list[str]:
         return self.secrets.problems() + self.snapshot.key_problems
 
-    def admit(self, route: Route) -> bool:
-        """Room for one more request in flight, to this component and in all?"""
-        return (
-            self.total_in_flight < self.snapshot.config.limits.max_in_flight
-            and self.in_flight[route.name] < route.component.max_in_flight
-        )
-
     # A pair of calls rather than a context manager: this runs on every request, and a generator-based
     # context manager costs as much as the counting itself (bench/micro.py --only app).
-    def take_off(self, route: Route) -> None:
-        """A request to `route`'s component is in flight; `land` when it is over, always."""
+    def take_off(self, route: Route) -> bool:
+        """Count one more request in flight to `route`'s component if there is room, to it and in all; False
+        when there is none. Check and count are one step, so concurrent requests cannot all pass the check
+        before any of them counts. `land` when it is over, always."""
+        if (
+            self.total_in_flight >= self.snapshot.config.limits.max_in_flight
+            or self.in_flight[route.name] >= route.component.max_in_flight
+        ):
+            return False
         self.in_flight[route.name] += 1
         self.total_in_flight += 1
         self.metrics.in_flight(route.name).inc()
+        return True
 
     def land(self, route: Route) -> None:
         self.in_flight[route.name] -= 1

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
@@ -100,12 +102,46 @@ def _granian(app: Any, host: str, port: int, config: Config, *, admin: bool) -> 
     )
 
 
-Extra = list[tuple[object, str, int]]
+Extra = list[tuple[str, object, str, int]]  # (name, app, host, port)
+
+
+def taken(listeners: list[tuple[str, str, int]]) -> list[str]:
+    """Why each of the (name, host, port) listeners cannot start here: the address is in use, or cannot be
+    bound. Empty when all can.
+
+    Granian binds with SO_REUSEPORT, so a second gateway on the same port would start and take half the
+    connections - a stale replica with an old config among them (issue 20). Kong, Traefik and Envoy refuse
+    a taken port; so does the gateway: a probe socket without SO_REUSEPORT cannot bind an address any other
+    socket listens on, SO_REUSEPORT or not. SO_REUSEADDR lets it past the TIME_WAIT connections of a
+    process that just stopped. Two gateways started within the same instant can both pass the probe before
+    either binds; the probe guards against the replica left running, not against that race.
+    """
+    problems = []
+    for name, host, port in listeners:
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            why = "another process listens on it" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            problems.append(f"{name} {_address(host, port)}: cannot listen: {why}")
+    return problems
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. `extra` apps (the demo's sandbox) run alongside."""
     config = app.runtime.snapshot.config
+    listeners = [("listen", config.listen.host, config.listen.port), ("admin", config.admin.host, config.admin.port)]
+    problems = taken(listeners + [(name, h, p) for name, _, h, p in extra or []])
+    for problem in problems:
+        log.error(problem, extra={"event": "startup_failed"})
+    if problems:
+        return 1
     proxy = _granian(app, config.listen.host, config.listen.port, config, admin=False)
     admin = _granian(app.admin, config.admin.host, config.admin.port, config, admin=True)
     logging.getLogger("_granian").addFilter(_NoBanner())  # after granian's dictConfig, which resets filters
@@ -135,7 +171,7 @@ async def serve(app: GatewayApp, extra: Extra | None = None) -> int:
     loop.add_signal_handler(signal.SIGINT, on_int)
     loop.add_signal_handler(signal.SIGHUP, lambda: app.lifecycle.reload("SIGHUP"))
 
-    extras = [_granian(a, h, p, config, admin=True) for a, h, p in extra or []]
+    extras = [_granian(a, h, p, config, admin=True) for _, a, h, p in extra or []]
     admin_task = asyncio.create_task(admin.serve())
     extra_tasks = [asyncio.create_task(s.serve()) for s in extras]
     failed = False
