@@ -3,12 +3,15 @@ the fix. A table of configs and the exact lines they produce, then `check-config
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import base_config
+from servers import GatewayProcess
 
 from gateway.cli import main
 from gateway.config.loading import ConfigError, parse
@@ -250,3 +253,12 @@ def test_provision_names_notificaties_api_for_kanalen_without_it(
         "zgw-gateway: nothing to provision: add autorisaties_apis (for the callers' autorisaties) or "
         "notificaties_api (for their abonnementen) to the config",
     ]
+
+
+def test_serve_logs_the_warnings_at_start(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    config = base_config("http://127.0.0.1:9")
+    config["log"] = {"level": "warning"}
+    gw = gateway_factory(config)
+    lines = [json.loads(line) for line in gw.log_lines() if line.startswith("{")]
+    warnings = [line for line in lines if line.get("event") == "config_warning"]
+    assert [(w["level"], w["msg"]) for w in warnings] == [("warning", LOG_WARNING.format(level="warning"))]
