@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets as pysecrets
 import string
@@ -24,6 +25,7 @@ from gateway.dataplane.app import create_app
 from gateway.dataplane.tokens import mint
 
 DEFAULT_CONFIG = "config.yaml"
+CONFIG_HELP = f"the gateway's config file (default: $ZGW_GATEWAY_CONFIG, else {DEFAULT_CONFIG})"
 DEMO_ENV = {
     # Demo values only: the demo config points at these, and the sandbox upstream knows the client.
     "DEMO_API_KEY": "demo-key",
@@ -50,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     config = _load_or_exit(path)
     logs.setup(config.log.level, config.log.format)
+    for warning in config.warnings():
+        logging.getLogger("zgw_gateway.config").warning(warning, extra={"event": "config_warning"})
     app = create_app(config, config_path=path)
     return server.run(app)
 
@@ -57,13 +61,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.file)
     config = _load_or_exit(path)
-    problems = [] if args.no_secrets else SecretStore(config.secret_refs()).problems()
+    problems: list[str] = []
+    if not args.no_secrets:
+        store = SecretStore(config.secret_refs())
+        problems = [
+            f"{key}: {ref.describe()}: {why}" for key, ref in config.secret_keys() if (why := store.problem(ref))
+        ]
     for problem in problems:
-        print(f"  secret {problem}", file=sys.stderr)
+        print(f"  {problem}", file=sys.stderr)
     if problems:
-        print(f"zgw-gateway: {path}: {len(problems)} secret(s) not readable", file=sys.stderr)
+        print(
+            f"zgw-gateway: {path}: {len(problems)} secret(s) not readable: set them where the gateway runs, "
+            "or check the file alone with --no-secrets",
+            file=sys.stderr,
+        )
         return 2
-    print(f"{path}: ok ({len(config.components)} components, {len(config.callers)} callers)")
+    warnings = config.warnings()
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
+    counts = f"{len(config.components)} components, {len(config.callers)} callers"
+    print(f"{path}: ok ({counts}" + (f", {len(warnings)} warning(s))" if warnings else ")"))
     return 0
 
 
@@ -86,13 +103,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logs.setup(config.log.level, "console")
     sandbox = create_sandbox_app({DEMO_CLIENT: os.environ["DEMO_ZGW_SECRET"]})
     app = create_app(config, config_path=path)
-    print(
-        "zgw-gateway demo: gateway http://127.0.0.1:8000, admin http://127.0.0.1:9100/metrics, "
-        "sandbox upstream http://127.0.0.1:8001\n"
-        '  try: curl -H "X-API-Key: demo-key" http://127.0.0.1:8000/zaken/api/v1/zaken',
-        flush=True,
-    )
+    print(demo_banner(config, args.sandbox_port), flush=True)
     return server.run(app, extra=[("sandbox", sandbox, "127.0.0.1", args.sandbox_port)])
+
+
+def demo_banner(config: Config, sandbox_port: int) -> str:
+    gateway = f"http://{config.listen.host}:{config.listen.port}"
+    # The demo's own key is printed; a key of the operator's is not (it is a secret).
+    key = "demo-key" if os.environ.get("DEMO_API_KEY") == DEMO_ENV["DEMO_API_KEY"] else "$DEMO_API_KEY"
+    return (
+        f"zgw-gateway demo: gateway {gateway}, admin http://{config.admin.host}:{config.admin.port}/metrics, "
+        f"sandbox upstream http://127.0.0.1:{sandbox_port}\n"
+        f'  try: curl -H "X-API-Key: {key}" {gateway}/zaken/api/v1/zaken'
+    )
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -156,7 +179,14 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 raise ProvisionError(f"--emit needs --api, one of: {', '.join(names)}")
             print(openzaak_setup.emit(config, names[0]), end="")
             return 0
-        if config.autorisaties_apis or args.api or config.notificaties_api is None:
+        for warning in config.warnings():
+            print(f"zgw-gateway: warning: {warning}", file=sys.stderr)
+        if not (config.autorisaties_apis or config.notificaties_api or args.api):
+            raise ProvisionError(
+                "nothing to provision: add autorisaties_apis (for the callers' autorisaties) or notificaties_api "
+                "(for their abonnementen) to the config"
+            )
+        if config.autorisaties_apis or args.api:
             for line in autorisaties.provision(config, args.api, apply=args.apply, prune=args.prune):
                 print(line, flush=True)
         if config.notificaties_api is not None and args.api is None:
@@ -185,23 +215,25 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--config", help=f"config file (default: $ZGW_GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    s.add_argument("--config", help=CONFIG_HELP)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("check-config", help="validate a config file without serving")
-    s.add_argument("file", nargs="?", help=f"config file (default: $ZGW_GATEWAY_CONFIG or {DEFAULT_CONFIG})")
+    s.add_argument("file", nargs="?", help=CONFIG_HELP)
     s.add_argument("--no-secrets", action="store_true", help="do not check that secrets are readable")
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("demo", help="the gateway in front of the built-in sandbox upstream")
     s.add_argument("--config", help="config file (default: the built-in demo config)")
-    s.add_argument("--sandbox-port", type=int, default=8001)
+    s.add_argument("--sandbox-port", type=int, default=8001, help="the sandbox upstream's port (default: 8001)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("token", help="print a fresh ZGW JWT for a caller and component, decoded")
-    s.add_argument("--config")
-    s.add_argument("--caller", required=True)
-    s.add_argument("--component", required=True)
+    s.add_argument("--config", help=CONFIG_HELP)
+    s.add_argument("--caller", required=True, help="the caller's name (callers[].name in the config)")
+    s.add_argument(
+        "--component", required=True, help="a component of that caller (components.NAME), whose credentials sign"
+    )
     s.set_defaults(func=cmd_token)
 
     s = sub.add_parser("credentials", help="make ZGW client credentials")
@@ -213,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "provision", help="register the callers' autorisaties (Autorisaties APIs) and abonnementen (Notificaties API)"
     )
-    s.add_argument("--config")
+    s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--apply", action="store_true", help="make the changes (default: only print the plan)")
     s.add_argument("--prune", action="store_true", help="also delete Applicaties the config owns but no longer has")
     s.add_argument("--api", help="only this entry of autorisaties_apis (abonnementen are left alone)")
@@ -221,7 +253,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_provision)
 
     s = sub.add_parser("doctor", help="check every caller's credentials against the live upstreams")
-    s.add_argument("--config")
+    s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_doctor)
     return p

@@ -31,11 +31,12 @@ ENV = {
 class FakeNotificaties:
     """The abonnement resource of a Notificaties API, in memory; refuses what Open Notificaties would."""
 
-    def __init__(self, refuse_with: str | None = None) -> None:
+    def __init__(self, refuse_with: str | None = None, answer: tuple[int, dict[str, Any]] | None = None) -> None:
         self.items: dict[str, dict[str, Any]] = {}
         self.auth: dict[str, str] = {}
         self.calls: list[str] = []
         self.refuse_with = refuse_with
+        self.answer = answer  # to a POST or PUT, instead of saving it
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls.append(f"{request.method} {request.url.path}")
@@ -47,6 +48,8 @@ class FakeNotificaties:
             return httpx.Response(204)
         if self.refuse_with:
             return httpx.Response(400, json={"code": self.refuse_with, "invalidParams": []})
+        if self.answer:
+            return httpx.Response(self.answer[0], json=self.answer[1])
         body = json.loads(request.content)
         url = str(request.url) if request.method == "PUT" else f"{NRC}/abonnement/{len(self.auth) + 1}"
         self.auth[url] = body.pop("auth")
@@ -128,6 +131,86 @@ def test_a_refused_probe_names_its_cause_and_an_unreadable_auth_its_key() -> Non
     del without["notificaties_api"]
     with pytest.raises(ProvisionError, match="no notificaties_api"):
         provision(FakeNotificaties(), without)
+
+
+WHERE = "notificaties_api: POST /api/v1/abonnement: "
+# Open Notificaties' answers (nrc/api/serializers.py, validators.py), with the invalidParams they carry.
+REFUSALS = [
+    (
+        "unknown kanaal",
+        400,
+        {
+            "code": "invalid",
+            "invalidParams": [
+                {"name": "kanalen", "code": "invalid", "reason": "Kanaal met deze naam bestaat niet."},
+            ],
+        },
+        "answered 400 invalid: kanalen: Kanaal met deze naam bestaat niet. (code invalid)",
+    ),
+    (
+        "misspelt filter",
+        400,
+        {
+            "code": "invalid",
+            "invalidParams": [
+                {
+                    "name": "filters",
+                    "code": "inconsistent-abonnement-filters",
+                    "reason": "abonnement filters aren't consistent with kanaal filters",
+                },
+            ],
+        },
+        "answered 400 invalid: filters: abonnement filters aren't consistent with kanaal filters "
+        "(code inconsistent-abonnement-filters)",
+    ),
+    (
+        "the auth value echoed",
+        400,
+        {"code": "invalid", "invalidParams": [{"name": "auth", "code": "invalid", "reason": f"not {AUTH}"}]},
+        "answered 400 invalid: auth: not (hidden) (code invalid)",
+    ),
+    (
+        "no rights",
+        403,
+        {"code": "permission_denied"},
+        "answered 403 permission_denied (no rights for notificaties_api.client_id: register it in Open "
+        "Notificaties, with notificaties.consumeren)",
+    ),
+    (
+        "the probe cannot reach the gateway",
+        500,
+        {"code": "error", "title": "Er is een serverfout opgetreden."},
+        "answered 500 error (Open Notificaties probes the callback URL http://gateway.test:8000/-/notifications/ "
+        "before it saves an abonnement: the gateway must be serving this config and reachable from Open "
+        "Notificaties there; notificaties_api.callback_url sets that URL)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+def test_a_refusal_is_relayed_in_the_servers_words_with_what_to_do(
+    status: int, body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ProvisionError) as info:
+        provision(FakeNotificaties(answer=(status, body)), config(), apply=True)
+    assert str(info.value) == WHERE + message
+
+
+def test_a_plan_that_keeps_an_abonnement_says_so_in_its_summary() -> None:
+    fake = FakeNotificaties()
+    provision(fake, config(), apply=True)
+    gone = config()
+    del gone["callers"][0]["notifications"]
+    plan = provision(fake, gone)
+    assert "  no changes" not in plan
+    assert plan[-1] == "No changes: 1 abonnement not in the config, kept (`provision --apply --prune` deletes it)."
+    both = config(kanalen=[{"naam": "besluiten"}])
+    both["callers"][1]["notifications"] = both["callers"][0]["notifications"]
+    del both["callers"][0]["notifications"]
+    assert provision(fake, both)[-1] == (
+        "Plan: 1 to create, 0 to update, 0 to delete (abonnementen); "
+        "1 abonnement not in the config, kept (`provision --apply --prune` deletes it)."
+    )
 
 
 def abonnement_checks(fake: FakeNotificaties, cfg: dict[str, Any], env: dict[str, str] = ENV) -> list[doctor.Check]:

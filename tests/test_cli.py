@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 import pytest
 import yaml
+from servers import free_port
 
 from gateway.cli import main
 
@@ -209,3 +210,38 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_demo_prints_the_ports_of_its_config(tmp_path: Path) -> None:
+    demo = yaml.safe_load((ROOT / "gateway" / "demo.yaml").read_text(encoding="utf-8"))
+    port, admin, sandbox = free_port(), free_port(), free_port()
+    demo["listen"]["port"], demo["admin"]["port"] = port, admin
+    for component in demo["components"].values():
+        component["upstream"] = component["upstream"].replace(":8001/", f":{sandbox}/")
+    path = write(tmp_path, demo, "demo.yaml")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DEMO_")}
+    argv = [sys.executable, "-m", "gateway", "demo", "--config", str(path), "--sandbox-port", str(sandbox)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline(), proc.stdout.readline()]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert banner == [
+        f"zgw-gateway demo: gateway http://127.0.0.1:{port}, admin http://127.0.0.1:{admin}/metrics, "
+        f"sandbox upstream http://127.0.0.1:{sandbox}\n",
+        f'  try: curl -H "X-API-Key: demo-key" http://127.0.0.1:{port}/zaken/api/v1/zaken\n',
+    ]
+
+
+@pytest.mark.parametrize("command", ["token", "doctor", "provision", "serve", "check-config"])
+def test_the_help_of_a_command_explains_the_config_file(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the gateway's config file (default: $ZGW_GATEWAY_CONFIG, else config.yaml)" in text
+    if command == "token":
+        assert "--caller CALLER the caller's name (callers[].name in the config)" in text
+        assert "--component COMPONENT a component of that caller (components.NAME), whose credentials sign" in text

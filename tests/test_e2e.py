@@ -353,3 +353,11 @@ def test_large_bodies_stream_both_ways_without_memory_growth(
         assert total == size_mib * len(chunk)
         growth_mb = (peak[0] - rss_before) / 1e6
         assert growth_mb < 50, f"gateway RSS grew {growth_mb:.1f} MB while streaming {size_mib} MiB"
+
+
+def test_metrics_carry_no_created_series(gateway: GatewayProcess, sandbox: str) -> None:
+    """Issue 22: a `_created` sample per counter and histogram child doubled /metrics."""
+    assert httpx.get(gateway.url + "/zaken/api/v1/zaken", headers=KEY).status_code == 200
+    exposition = gateway.metrics()
+    assert metric_value(exposition, "zgw_gateway_requests_total", component="zaken", code="200") >= 1
+    assert [line for line in exposition.splitlines() if "_created" in line] == []

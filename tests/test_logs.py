@@ -209,8 +209,10 @@ def test_level_warning_drops_info_lines(sandbox: str, gateway_factory: Callable[
     gw.config["callers"][0]["bogus"] = True
     gw.write_config()
     wait_until(lambda: _events(gw, "config_reload_failed"), 10)
-    levels = {line["level"] for line in _json_lines(gw)}
-    assert levels == {"error"}  # the failed reload; no startup or access lines at info
+    lines = _json_lines(gw)
+    # the failed reload and the start's warning that this level drops the access lines; nothing at info
+    assert {line["level"] for line in lines} == {"error", "warning"}
+    assert [line.get("event") for line in lines if line["level"] == "warning"] == ["config_warning"]
 
 
 class CountingStream:

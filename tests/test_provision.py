@@ -11,7 +11,16 @@ import yaml
 
 from gateway.config.loading import ConfigError, parse
 from gateway.controlplane.openzaak_setup import emit, env_name
-from gateway.controlplane.provision import Applicatie, ProvisionError, owned_client_ids, plan, render, summary, wanted
+from gateway.controlplane.provision import (
+    Applicatie,
+    Change,
+    ProvisionError,
+    owned_client_ids,
+    plan,
+    render,
+    summary,
+    wanted,
+)
 
 ZT = "https://oz.example/catalogi/api/v1/zaaktypen/"
 AC = "https://oz.example/autorisaties/api/v1"
@@ -245,6 +254,19 @@ def test_render_reads_like_a_plan() -> None:
     assert "  + create zgw-gateway: legacy-dms" in text and "      heeftAlleAutorisaties: true" in text
     assert summary(changes) == "Plan: 1 to create, 1 to update, 0 to delete."
     assert summary([]) == "No changes: the Autorisaties APIs match the config."
+
+
+def test_a_plan_that_keeps_applicaties_says_so_in_its_summary() -> None:
+    kept = plan([A], have(A, B, app("zgw-gateway: c", "c1")), owned=OWNED, protected=frozenset(), prune=False)
+    assert [c.action for c in kept] == ["keep", "keep"]
+    assert "  no changes" not in render("openzaak", AC, kept)
+    assert summary(kept) == (
+        "No changes: 2 Applicaties not in the config, kept (`provision --apply --prune` deletes them)."
+    )
+    assert summary([*kept, Change("create", A, None)], applied=True) == (
+        "Applied: 1 created, 0 updated, 0 deleted; "
+        "2 Applicaties not in the config, kept (`provision --apply --prune` deletes them)."
+    )
 
 
 def test_owned_client_ids_are_every_current_and_next_id() -> None:

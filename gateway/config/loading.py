@@ -16,7 +16,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gateway.config.sections import (
     Admin,
-    ApiKeyHeader,
     AutorisatiesApi,
     CallerConfig,
     CircuitBreakerConfig,
@@ -27,7 +26,6 @@ from gateway.config.sections import (
     Listen,
     Log,
     Model,
-    Network,
     NotificatiesApi,
     Retry,
     SecretRef,
@@ -37,6 +35,7 @@ from gateway.config.sections import (
     Tracing,
 )
 from gateway.config.urls import base_mappings
+from gateway.config.values import Network
 
 
 class ConfigError(Exception):
@@ -140,17 +139,44 @@ class Config(Model):
             if name in why
         ]
 
-    def secret_refs(self) -> list[SecretRef]:
-        """Every secret the gateway itself reads: API keys, ZGW client secrets, the notifications' secrets."""
-        refs: list[SecretRef] = []
-        for caller in self.callers:
-            refs.extend(r for key in caller.api_keys if (r := key.secret_ref()) is not None)
-            refs.append(caller.secret)
-            refs.extend(c.secret for c in caller.credentials.values())
+    def secret_keys(self) -> list[tuple[str, SecretRef]]:
+        """Every secret the gateway itself reads, with the key that names it: API keys, ZGW client secrets,
+        the notifications' secrets."""
+        found: list[tuple[str, SecretRef]] = []
+        for i, caller in enumerate(self.callers):
+            at = f"callers[{i}]"
+            found += [(f"{at}.api_keys[{j}]", r) for j, k in enumerate(caller.api_keys) if (r := k.secret_ref())]
+            found.append((f"{at}.secret", caller.secret))
+            found += [(f"{at}.credentials.{name}.secret", c.secret) for name, c in caller.credentials.items()]
             if (n := caller.notifications) is not None:
-                refs.append(n.auth)
-                refs.extend(r.value if isinstance(r, ApiKeyHeader) else r.password for r in (n.api_key, n.basic) if r)
-        return list(dict.fromkeys(refs))
+                found.append((f"{at}.notifications.auth", n.auth))
+                if n.api_key is not None:
+                    found.append((f"{at}.notifications.api_key.value", n.api_key.value))
+                if n.basic is not None:
+                    found.append((f"{at}.notifications.basic.password", n.basic.password))
+        return found
+
+    def secret_refs(self) -> list[SecretRef]:
+        return list(dict.fromkeys(ref for _, ref in self.secret_keys()))
+
+    def warnings(self) -> list[str]:
+        """What loads but does not do what the operator wrote: `check-config` prints these, `serve` logs them,
+        `provision` prints them (issue 22). Warnings, not errors: each config still serves requests."""
+        found: list[str] = []
+        if self.log.access and self.log.level in ("warning", "error"):
+            found.append(
+                f"log.access: access lines are written at level info, so log.level {self.log.level} drops every "
+                "one of them: set log.level: info to keep them, or log.access: false to say so"
+            )
+        if self.notificaties_api is None:
+            found += [
+                f"callers[{i}].notifications.kanalen: `provision` registers these in the notificaties_api, and "
+                "the config has none: add notificaties_api (url, client_id, secret), or remove kanalen when the "
+                "abonnement is registered by hand"
+                for i, caller in enumerate(self.callers)
+                if caller.notifications is not None and caller.notifications.kanalen
+            ]
+        return found
 
     def callback_base(self) -> str:
         """Where Open Notificaties reaches the gateway's proxy port."""

@@ -67,6 +67,11 @@ class SecretStore:
             if entry.value is None and entry.error
         ]
 
+    def problem(self, ref: SecretRef) -> str | None:
+        """Why `ref` has no value (never the value), or None when it has one."""
+        entry = self._entries.get(ref)
+        return None if entry is None or entry.value is not None else entry.error
+
     def ready(self) -> bool:
         return all(entry.value is not None for entry in self._entries.values())
 

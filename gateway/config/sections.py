@@ -7,16 +7,13 @@ Secrets appear only as references (`{env: NAME}` / `{file: PATH}`); resolving th
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -25,6 +22,17 @@ from pydantic import (
 )
 
 from gateway.config.grants import Grant
+from gateway.config.values import (
+    API_KEY_HINT,
+    DOCUMENT_BODY_BYTES,
+    JSON_BODY_BYTES,
+    SECRET_HINT,
+    Network,
+    a_reference,
+    base_url,
+    is_documenten,
+    plain_url,
+)
 from gateway.zgw import Crs
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
@@ -32,21 +40,6 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 RESERVED_SEGMENT = "-"
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 CALLER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"  # a metric label, and a segment of the notification endpoint
-
-
-def _network(value: Any) -> Any:
-    # One plain message instead of pydantic's two (one per union member, with internal names in the path).
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("must be a network in CIDR notation, e.g. 10.0.0.0/8")
-    try:
-        return ipaddress.ip_network(value)
-    except ValueError as exc:
-        raise ValueError(f"must be a network in CIDR notation, e.g. 10.0.0.0/8 ({exc})") from None
-
-
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 
 
 class Model(BaseModel):
@@ -59,10 +52,15 @@ class SecretRef(Model):
     env: str | None = Field(default=None, min_length=1)
     file: Path | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reference(cls, data: Any) -> Any:
+        return a_reference(data, SECRET_HINT)
+
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
         if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of 'env' or 'file'")
+            raise ValueError(f"give exactly one of {SECRET_HINT}")
         return self
 
     def describe(self) -> str:
@@ -77,10 +75,15 @@ class ApiKeyRef(Model):
     file: Path | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reference(cls, data: Any) -> Any:
+        return a_reference(data, API_KEY_HINT)
+
     @model_validator(mode="after")
     def _exactly_one(self) -> ApiKeyRef:
         if sum(v is not None for v in (self.env, self.file, self.sha256)) != 1:
-            raise ValueError("give exactly one of 'env', 'file' or 'sha256'")
+            raise ValueError(f"give exactly one of {API_KEY_HINT}")
         return self
 
     def secret_ref(self) -> SecretRef | None:
@@ -91,24 +94,6 @@ class ApiKeyRef(Model):
 
 # Open Notificaties probes a new abonnement's callback with a notification on this kanaal (nrc/api/validators.py).
 PROBE_KANAAL = "test"
-
-
-def _plain_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    if parts.username or parts.password or parts.fragment:
-        raise ValueError("must not hold user info or a fragment (credentials go in api_key or basic)")
-    return v
-
-
-def _base_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("must not hold a query, fragment or user info")
-    return v.rstrip("/")
 
 
 class TLSListen(Model):
@@ -179,13 +164,21 @@ class Component(Model):
     crs: Crs | None = None
     timeouts: TimeoutsConfig = TimeoutsConfig()
     tls: UpstreamTLS = UpstreamTLS()
-    max_body_bytes: int = Field(default=4 * 1024**3 + 64 * 1024**2, ge=0)
+    # Default: DOCUMENT_BODY_BYTES when the upstream is a Documenten API, else JSON_BODY_BYTES (_body_limit).
+    max_body_bytes: int = Field(default=JSON_BODY_BYTES, ge=0)
     max_connections: int = Field(default=100, ge=1, le=10000)
     max_in_flight: int = Field(default=1000, ge=1, le=100000)
     max_response_head_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     max_response_headers: int = Field(default=100, ge=8, le=10000)
     rewrite_urls: bool = False
     host: Literal["upstream", "public"] = "upstream"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _body_limit(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_body_bytes" not in data and is_documenten(data.get("upstream")):
+            return {**data, "max_body_bytes": DOCUMENT_BODY_BYTES}
+        return data
 
     @field_validator("prefix")
     @classmethod
@@ -201,7 +194,7 @@ class Component(Model):
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, v: str) -> str:
-        return _base_url(v)
+        return base_url(v)
 
 
 class User(Model):
@@ -256,7 +249,7 @@ class Notifications(Model):
     the gateway relays them (README: Notifications to legacy systems)."""
 
     auth: SecretRef  # the abonnement's `auth`: the Authorization value Open Notificaties sends, exactly
-    deliver_to: Annotated[str, AfterValidator(_plain_url)]
+    deliver_to: Annotated[str, AfterValidator(plain_url)]
     api_key: ApiKeyHeader | None = None
     basic: BasicCredentials | None = None
     timeout: float = Field(default=8.0, gt=0, le=60)  # Open Notificaties gives a delivery 10 s
@@ -377,7 +370,7 @@ class Tracing(Model):
 class AutorisatiesApi(Model):
     """An Autorisaties API where `provision` registers the callers' autorisaties, with an admin client."""
 
-    url: Annotated[str, AfterValidator(_base_url)]
+    url: Annotated[str, AfterValidator(base_url)]
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
     components: list[str] = Field(min_length=1)  # the gateway components whose rights it holds
@@ -389,11 +382,11 @@ class NotificatiesApi(Model):
     """The Notificaties API where `provision` registers the callers' abonnementen, with a client that may
     (`notificaties.consumeren`)."""
 
-    url: Annotated[str, AfterValidator(_base_url)]
+    url: Annotated[str, AfterValidator(base_url)]
     client_id: str = Field(min_length=1, max_length=50)
     secret: SecretRef
     # How Open Notificaties reaches the gateway's proxy port; public_url when not set.
-    callback_url: Annotated[str, AfterValidator(_base_url)] | None = None
+    callback_url: Annotated[str, AfterValidator(base_url)] | None = None
     tls: UpstreamTLS = UpstreamTLS()
     # Creating an abonnement waits for Open Notificaties' two probes of the gateway.
     timeout: float = Field(default=30.0, gt=0, le=300)

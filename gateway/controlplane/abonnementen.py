@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
@@ -23,7 +23,7 @@ from gateway.config.loading import Config
 from gateway.config.secrets import SecretStore
 from gateway.config.sections import NotificatiesApi
 from gateway.controlplane import client as controlhttp
-from gateway.controlplane.provision import ProvisionError
+from gateway.controlplane.provision import ABONNEMENTEN, Action, ProvisionError, no_changes, summary
 from gateway.dataplane.notifications import PREFIX, endpoint
 from gateway.zgw import FORBIDDEN
 
@@ -61,7 +61,7 @@ class Abonnement:
 
 @dataclass(frozen=True)
 class Change:
-    action: Literal["create", "update", "delete", "keep"]  # keep: would be deleted with --prune
+    action: Action
     want: Abonnement | None
     have: Abonnement | None
     caller: str = ""
@@ -132,17 +132,16 @@ def render(api: NotificatiesApi, changes: list[Change]) -> list[str]:
             lines.append(f"  {verb} abonnement {c.have.url} ({c.have.key})")
             if c.action == "keep":
                 lines.append("      kept; `zgw-gateway provision --apply --prune` deletes it")
-    if not any(c.action != "keep" for c in changes):
-        lines.append("  no changes")
-    return lines
+    return lines + no_changes(changes)
 
 
 class NotificatiesClient(controlhttp.ApiClient):
     """The Notificaties API's abonnementen, with the `notificaties_api` client's token."""
 
     def __init__(self, api: NotificatiesApi, secret: str, config: Config, transport: httpx.BaseTransport | None = None):
+        refusal = _refusal(config.callback_base() + PREFIX.decode())
         super().__init__(
-            "notificaties_api", api.url, api.client_id, secret, config.token, api.tls, api.timeout, _refusal, transport
+            "notificaties_api", api.url, api.client_id, secret, config.token, api.tls, api.timeout, refusal, transport
         )
 
     def __enter__(self) -> NotificatiesClient:
@@ -164,25 +163,42 @@ class NotificatiesClient(controlhttp.ApiClient):
                 self.send("DELETE", c.have.url, expect=204)
                 done.append(f"  deleted abonnement {c.have.url}")
             elif c.action == "update" and c.want and c.have and c.have.url:
-                made = self.send("PUT", c.have.url, expect=200, body=c.want.to_api(auths[c.caller]))
+                auth = auths[c.caller]
+                made = self.send("PUT", c.have.url, expect=200, body=c.want.to_api(auth), secret=auth)
                 done.append(f"  updated abonnement for {c.caller} ({made.get('url')})")
             elif c.action == "create" and c.want:
-                made = self.send("POST", f"{self.url}/abonnement", expect=201, body=c.want.to_api(auths[c.caller]))
+                auth = auths[c.caller]
+                made = self.send("POST", f"{self.url}/abonnement", expect=201, body=c.want.to_api(auth), secret=auth)
                 done.append(f"  created abonnement for {c.caller} ({made.get('url')})")
         return done
 
 
-def _refusal(response: httpx.Response) -> str:
-    code = controlhttp.problem_code(response)
-    text = f"answered {response.status_code}" + (f" {code}" if code else "")
-    if code == "no-auth-on-callback-url":
-        return text + " (the gateway's endpoint did not answer 401 without Authorization: is it serving this config?)"
-    if code == "invalid-callback-url":
-        return text + " (the gateway's endpoint refused the auth value: reload the gateway with this config first)"
-    if response.status_code == 403 and (meaning := FORBIDDEN.get(code)):
-        return text + f" ({meaning} for notificaties_api.client_id: register it in Open Notificaties, "
-        "with notificaties.consumeren)"
-    return text
+def _refusal(callback: str) -> Callable[[httpx.Response], str]:
+    def refusal(response: httpx.Response) -> str:
+        code = controlhttp.problem_code(response)
+        text = controlhttp.answered(response)
+        if code == "no-auth-on-callback-url":
+            return (
+                f"{text} (the gateway's endpoint did not answer 401 without Authorization: is it serving this config?)"
+            )
+        if code == "invalid-callback-url":
+            return f"{text} (the gateway's endpoint refused the auth value: reload the gateway with this config first)"
+        if response.status_code == 403 and (meaning := FORBIDDEN.get(code)):
+            return (
+                f"{text} ({meaning} for notificaties_api.client_id: register it in Open Notificaties, "
+                "with notificaties.consumeren)"
+            )
+        if response.status_code >= 500 and response.request.method in ("POST", "PUT"):
+            # Open Notificaties probes the callback before it saves an abonnement; a probe that cannot connect
+            # is its 500 (nrc/api/validators.py).
+            return (
+                f"{text} (Open Notificaties probes the callback URL {callback} before it saves an abonnement: "
+                "the gateway must be serving this config and reachable from Open Notificaties there; "
+                "notificaties_api.callback_url sets that URL)"
+            )
+        return text
+
+    return refusal
 
 
 def provision(
@@ -207,11 +223,5 @@ def provision(
         lines = render(api, changes)
         if apply:
             lines += client.apply(changes, {caller: auth for caller, (_, auth) in want.items()})
-    n = {a: sum(c.action == a for c in changes) for a in ("create", "update", "delete")}
-    if not any(n.values()):
-        lines.append("No changes: the abonnementen match the config.")
-    else:
-        done = f"{n['create']} created, {n['update']} updated, {n['delete']} deleted"
-        todo = f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete"
-        lines.append(f"Applied: {done} (abonnementen)." if apply else f"Plan: {todo} (abonnementen).")
+    lines.append(summary(changes, apply, ABONNEMENTEN))
     return lines

@@ -99,19 +99,10 @@ class AutorisatiesClient(controlhttp.ApiClient):
 
 
 def _refusal(response: httpx.Response) -> str:
-    code = controlhttp.problem_code(response)
-    text = f"answered {response.status_code}" + (f" {code}" if code else "")
-    meaning = FORBIDDEN.get(code)
+    text = controlhttp.answered(response)
+    meaning = FORBIDDEN.get(controlhttp.problem_code(response))
     if response.status_code == 403 and meaning:
         return f"{text} ({meaning} for the admin client: its secret and rights must be registered, see README)"
-    try:
-        data = response.json()
-    except ValueError:
-        return text
-    params = data.get("invalidParams") if isinstance(data, dict) else None
-    if isinstance(params, list):
-        reasons = "; ".join(f"{p.get('name')}: {p.get('reason')}" for p in params[:5] if isinstance(p, dict))
-        return f"{text}: {reasons[:400]}"
     return text
 
 

@@ -26,6 +26,9 @@ from gateway.dataplane.tokens import mint
 from gateway.http1.pool import tls_context
 from gateway.zgw import problem_code as zgw_problem_code
 
+MAX_PARAMS = 5
+MAX_REASONS = 600
+
 
 def client(
     tls: UpstreamTLS,
@@ -41,9 +44,33 @@ def client(
     )
 
 
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def problem_code(response: httpx.Response) -> str:
     """The ZGW problem `code` of an error answer, or '' when the body has none."""
     return zgw_problem_code(response.content)
+
+
+def answered(response: httpx.Response) -> str:
+    """A refusal in the server's own words: status, problem code and each of its `invalidParams` (name, code,
+    reason), e.g. `answered 400 invalid: kanalen: Kanaal met deze naam bestaat niet. (code kanaal-naam)`."""
+    code = problem_code(response)
+    text = f"answered {response.status_code}" + (f" {code}" if code else "")
+    params = _problem(response).get("invalidParams")
+    if not isinstance(params, list):
+        return text
+    reasons = [
+        f"{p.get('name') or '(the request)'}: {p.get('reason')}" + (f" (code {p['code']})" if p.get("code") else "")
+        for p in params[:MAX_PARAMS]
+        if isinstance(p, dict)
+    ]
+    return f"{text}: {'; '.join(reasons)[:MAX_REASONS]}" if reasons else text
 
 
 class ApiClient:
@@ -67,14 +94,17 @@ class ApiClient:
         self.where = where
         self.url = url
         self._refusal = refusal
-        jwt = mint(client_id, secret, token, user_id="", user_representation="zgw-gateway provision", now=time.time())
+        self._jwt = jwt = mint(
+            client_id, secret, token, user_id="", user_representation="zgw-gateway provision", now=time.time()
+        )
         self._http = client(tls, httpx.Timeout(timeout), transport)
         self._http.headers.update({"Authorization": f"Bearer {jwt}", "Accept": "application/json"})
 
     def close(self) -> None:
         self._http.close()
 
-    def send(self, method: str, url: str, *, expect: int, body: Any = None) -> Any:
+    def send(self, method: str, url: str, *, expect: int, body: Any = None, secret: str = "") -> Any:
+        """`secret`: a value in `body` that must not come back in an error, e.g. an abonnement's `auth`."""
         where = f"{self.where}: {method} {urlsplit(url).path}"
         if not _under(url, self.url):
             raise ProvisionError(f"{where}: {url} is not under {self.url}; the {self.token_name} is not sent there")
@@ -84,7 +114,10 @@ class ApiClient:
             kind, description = transport_failure(exc)
             raise ProvisionError(f"{where}: {kind}: {description}") from None
         if response.status_code != expect:
-            raise ProvisionError(f"{where}: {self._refusal(response)}")
+            refusal = self._refusal(response)
+            for hidden in filter(None, (self._jwt, secret)):
+                refusal = refusal.replace(hidden, "(hidden)")  # a server that echoes what it was sent
+            raise ProvisionError(f"{where}: {refusal}")
         return response.json() if response.content else None
 
 

@@ -12,8 +12,10 @@ gateway made them). The Applicatie of the API's own admin client is never delete
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from gateway.config.grants import Row, grant_rows
 from gateway.config.loading import Config
@@ -80,9 +82,12 @@ class Applicatie:
         }
 
 
+Action = Literal["create", "update", "delete", "keep"]  # keep: would be deleted with --prune
+
+
 @dataclass(frozen=True)
 class Change:
-    action: Literal["create", "update", "delete", "keep"]  # keep: would be deleted with --prune
+    action: Action
     want: Applicatie | None
     have: Applicatie | None
 
@@ -217,15 +222,44 @@ def render(api_name: str, url: str, changes: list[Change]) -> list[str]:
         elif c.have:
             lines.append(f"  ! not in the config: {c.have.label} ({c.have.url}), clientIds {_ids(c.have)}")
             lines.append("      kept; `zgw-gateway provision --apply --prune` deletes it")
-    if not any(c.action != "keep" for c in changes):
-        lines.append("  no changes")
-    return lines
+    return lines + no_changes(changes)
 
 
-def summary(changes: list[Change], applied: bool = False) -> str:
-    n = {a: sum(c.action == a for c in changes) for a in ("create", "update", "delete")}
-    if not any(n.values()):
-        return "No changes: the Autorisaties APIs match the config."
+@dataclass(frozen=True)
+class Noun:
+    """What a plan changes, in the words of its summary line."""
+
+    one: str
+    many: str
+    where: str  # what matches the config when nothing changes
+    tag: str = ""  # after the counts
+
+
+APPLICATIES = Noun("Applicatie", "Applicaties", "the Autorisaties APIs")
+ABONNEMENTEN = Noun("abonnement", "abonnementen", "the abonnementen", " (abonnementen)")
+
+
+class HasAction(Protocol):
+    @property
+    def action(self) -> Action: ...
+
+
+def no_changes(changes: Sequence[HasAction]) -> list[str]:
+    """The plan's last line when it holds nothing; kept items have lines of their own."""
+    return [] if changes else ["  no changes"]
+
+
+def summary(changes: Sequence[HasAction], applied: bool = False, noun: Noun = APPLICATIES) -> str:
+    """The line under all plans: what they change (or changed), and what they keep that the config lacks."""
+    n = Counter(c.action for c in changes)
+    kept = ""
+    if n["keep"]:
+        it = (noun.one, "it") if n["keep"] == 1 else (noun.many, "them")
+        kept = f"{n['keep']} {it[0]} not in the config, kept (`provision --apply --prune` deletes {it[1]})"
+    if not (n["create"] or n["update"] or n["delete"]):
+        return f"No changes: {kept}." if kept else f"No changes: {noun.where} match the config."
     if applied:
-        return f"Applied: {n['create']} created, {n['update']} updated, {n['delete']} deleted."
-    return f"Plan: {n['create']} to create, {n['update']} to update, {n['delete']} to delete."
+        text = f"Applied: {n['create']} created, {n['update']} updated, {n['delete']} deleted{noun.tag}"
+    else:
+        text = f"Plan: {n['create']} to create, {n['update']} to update, {n['delete']} to delete{noun.tag}"
+    return f"{text}; {kept}." if kept else f"{text}."

@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from gateway import __version__
 from gateway.config.sections import METHODS
@@ -21,6 +21,10 @@ from gateway.dataplane.failures import Abort, Failure
 from gateway.zgw import FORBIDDEN_CODES
 
 PREFIX = "zgw_gateway"
+# A `_created` series beside every counter and histogram child doubles /metrics for a start time that
+# process_start_time_seconds already gives (issue 22). prometheus_client has no per-registry switch, only
+# this process-wide one (or PROMETHEUS_DISABLE_CREATED_SERIES); the gateway's registry is the process's.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 # From 1 ms to 60 s: ZGW calls range from cached catalogus reads to multi-GB document transfers.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
