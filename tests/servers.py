@@ -23,8 +23,8 @@ import uvicorn
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# The official OpenAPI documents: shared/ lies beside the repository's folder (locally and in CI).
-SPECS = ROOT.parent / "shared" / "zgw-specs"
+# The official OpenAPI documents the tests read, in the repository (specs/SOURCES.md says where each comes from).
+SPECS = ROOT / "specs"
 
 
 def free_port() -> int:

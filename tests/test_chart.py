@@ -34,7 +34,7 @@ def _tool(name: str, cached: Path | None = None) -> str:
         return found
     if os.environ.get("CI"):
         pytest.fail(f"{name} is required in CI (scripts/fetch-helm installs helm; Debian 'prometheus' promtool)")
-    pytest.skip(f"{name} not found; run scripts/fetch-helm (helm) or apt-get install prometheus (promtool)")
+    pytest.skip(f"{name} not found: run scripts/install-tools (helm via scripts/fetch-helm; promtool: as root)")
 
 
 @pytest.fixture(scope="module")

