@@ -281,7 +281,7 @@ class GatewayApp:
                 self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
                 await proxy.forward(fw, send, outcome)
             finally:
-                self.runtime.land(route)  # before answering: in-flight reads 0 once the caller has its answer
+                self.runtime.land(route)  # when the relay has ended, however it ended
         except bodies.BodyError as exc:
             return await ex.refuse(send, self._body_failed(route, exc))
         except proxy.UpstreamAborted:
