@@ -139,3 +139,18 @@ def test_the_schema_refuses_what_check_config_refuses(data: dict[str, Any], key:
     assert any(e.startswith(key) for e in errors), errors
     with pytest.raises(ConfigError):
         parse(data)
+
+
+def test_the_observability_page_names_every_metric_the_gateway_exports() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.dataplane.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry).prepare(["legacy-dms"], ["zaken"])
+    page = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    families = [(m.name, m.type) for m in registry.collect()]
+    assert len(families) >= 20
+    for name, kind in families:
+        short = name.removeprefix("zgw_gateway_") + {"counter": "_total", "info": "_info"}.get(kind, "")
+        assert f"`{short}`" in page, name
