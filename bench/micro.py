@@ -1,4 +1,4 @@
-"""The smaller measurements behind the README's "Choices, measured": server, client, the gateway's own work,
+"""The smaller measurements behind docs/performance.md's "Choices, measured": server, client, the gateway's own work,
 and the two library choices on its request path (prometheus_client children, cachetools' TTLCache).
 
     uv run --group bench python bench/micro.py [--duration 5] [--rounds 3] [--only server|floor|client|app|ab] [--rps N]

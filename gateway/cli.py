@@ -1,4 +1,4 @@
-"""The `zgw-gateway` command: serve, check-config, demo, token, credentials new, provision, doctor.
+"""The `zgw-gateway` command: serve, check-config, demo, token, credentials new, provision, doctor, config-schema.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad config.
 """
@@ -19,6 +19,7 @@ import jwt
 
 from gateway import __version__
 from gateway.config.loading import Config, ConfigError, load
+from gateway.config.schema import config_schema
 from gateway.config.secrets import SecretStore
 from gateway.dataplane import logs, server
 from gateway.dataplane.app import create_app
@@ -209,6 +210,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zgw-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"zgw-gateway {__version__}")
@@ -256,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help=CONFIG_HELP)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("config-schema", help="print the JSON Schema of config.yaml, every key described")
+    s.set_defaults(func=cmd_config_schema)
     return p
 
 

@@ -1,7 +1,8 @@
 """Does the chart's values.schema.json describe `config` exactly as gateway.config.loading validates it?
 
 The chart's own keys are written by hand in values.schema.json; the `config` part (definition `Config`
-and the definitions it refers to) is generated from the pydantic models, so a wrong type or an unknown
+and the definitions it refers to) is generated from the pydantic models and their words
+(gateway/config/schema.py, the source of `zgw-gateway config-schema`), so a wrong type or an unknown
 key under `config:` fails `helm install` just as `zgw-gateway check-config` would.
 
     uv run python scripts/chart_schema.py          # rewrite the generated part
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config.loading import Config
+from gateway.config.schema import config_schema
 
 SCHEMA = Path(__file__).resolve().parent.parent / "helm" / "zgw-gateway" / "values.schema.json"
 # Hand-written definitions carry this prefix; every other definition is generated.
@@ -44,7 +45,8 @@ def _clean(node: Any) -> Any:
 
 def config_definitions() -> dict[str, Any]:
     """The draft-07 definitions for the gateway config, `Config` being the top level."""
-    generated = Config.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
+    generated = config_schema()
+    del generated["$schema"]
     definitions = {name: _clean(d) for name, d in generated.pop("$defs", {}).items()}
     top = _clean(generated)
     top["description"] = "The gateway's config.yaml; listen/admin host and port are set from .Values.ports."

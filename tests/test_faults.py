@@ -1,5 +1,5 @@
 """Upstream faults, clock skew, secret trouble and bursts: each answered the documented way, none costs a
-request that could have succeeded (README "Security and failure behaviour", Faults)."""
+request that could have succeeded (docs/security.md, Faults)."""
 
 from __future__ import annotations
 

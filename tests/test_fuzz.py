@@ -1,5 +1,5 @@
 """Property-based fuzzing: whatever paths, headers or config documents arrive, the gateway never answers
-500 and never crashes (README "Security and failure behaviour", Leaks and abuse)."""
+500 and never crashes (docs/security.md, Leaks and abuse)."""
 
 from __future__ import annotations
 

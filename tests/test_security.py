@@ -1,5 +1,5 @@
 """Bad input and abuse against a real gateway process: limits, smuggling, spoofing, path and header tricks,
-config errors, token leaks and the per-caller rate limit (README "Security and failure behaviour").
+config errors, token leaks and the per-caller rate limit (docs/security.md).
 
 Raw sockets wherever an HTTP client would normalise the request before the gateway sees it.
 """

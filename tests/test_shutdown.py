@@ -1,5 +1,5 @@
 """SIGTERM under load: readiness 503 at once, requests served through the drain, in-flight ones finished,
-exit 0, and not one failed request (README "Security and failure behaviour", Faults)."""
+exit 0, and not one failed request (docs/security.md, Faults)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Notificaties' first probe when an abonnement is created; its second probe (kanaa
 answered 204 here and never relayed. A notification is relayed synchronously and the receiver's result is
 Open Notificaties' answer (204, or 502/504/503), so Open Notificaties' own retries cover a receiver that is
 down: the gateway queues nothing. Every request writes one access line and counts in
-`zgw_gateway_notifications_total` (README: Notifications to legacy systems).
+`zgw_gateway_notifications_total` (docs/notifications.md).
 """
 
 from __future__ import annotations

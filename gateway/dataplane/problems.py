@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 CONTENT_TYPE = b"application/problem+json"
 # A URN rather than a web address: RFC 9457 section 3.1.1 lets `type` be any URI, and the codes are listed
-# in the README ("Errors"), not on a page a caller could be sent to.
+# in docs/requests.md ("Errors"), not on a page a caller could be sent to.
 TYPE_BASE = "urn:zgw-gateway:problem:"
 
 

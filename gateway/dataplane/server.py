@@ -16,7 +16,7 @@ balancers notice before the listener closes), then the listener closes, in-fligh
 `shutdown.timeout_seconds`), and the process exits 0. SIGHUP reloads the config file. SIGINT stops at once
 (after in-flight requests).
 
-One process, one event loop, one worker: scale with replicas (README "Scaling").
+One process, one event loop, one worker: scale with replicas (docs/performance.md, "Scaling").
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ _GRANIAN_LOGGING: dict[str, Any] = {
 
 class _NoBanner(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        # Granian marks its embedded server experimental; the choice is documented (README "Choices").
+        # Granian marks its embedded server experimental; the choice is documented (docs/performance.md, "Server").
         return not record.getMessage().startswith("Embedded server is experimental")
 
 
