@@ -115,8 +115,9 @@ def measure_conns(
         wrk(p, PAGE, 1, FEW)  # warm-up: the first token, the upstream pool
         out[name] = {"nofile": nofile(pid), "idle": idle_memory(p, pid, MANY), "rounds": []}
         idle = out[name]["idle"]
+        limits = ", ".join(str(n) for n in sorted(set(out[name]["nofile"].values())))
         print(f"  {name:8} idle: {idle['kb_per_connection']:6.1f} KB per connection "
-              f"({idle['still_open']} of {MANY} open when measured)")  # fmt: skip
+              f"({idle['still_open']} of {MANY} open when measured); soft RLIMIT_NOFILE {limits}")  # fmt: skip
         wrk(p, PAGE, max(1, duration // 3), MANY)
     for r in range(rounds):
         for name, (p, _) in proxies.items():
