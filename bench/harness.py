@@ -1,9 +1,9 @@
 """How does the gateway compare with no proxy and with nginx doing the same job minus minting?
 
-Started by ``bench/run`` (see bench/README.md). CPU layout on the 2-core machine: the gateway alone on
-CPU 1; the upstream stub, nginx, wrk and the Python load generator share CPU 0, so the gateway's
-figures are what one core buys. Prints a table, then one JSON line, also written to
-bench/results/latest.json.
+Started by ``bench/run`` (see bench/README.md). CPU layout on the 2-core machine: both proxies, nginx and
+the gateway, on CPU 1, measured one at a time (the other idles), so each one's figures are what one core
+buys; the upstream stub, wrk, the Python load generator and the harness share CPU 0. Prints a table, then one
+JSON line, also written to bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conns import measure_conns
+from load import LOAD_CPU, PAGE, PROXY_CPU, Target, loadgen, wrk
 from procs import (
     BENCH,
     GATEWAY_ENTRY,
@@ -37,6 +39,7 @@ from procs import (
     image_env,
     log_tail,
     nginx_conf,
+    raise_nofile,
     stop_on_signals,
     wait_http,
     wait_port,
@@ -44,24 +47,7 @@ from procs import (
 from streams import measure, scenarios
 from summary import print_table, summarize
 
-PAGE = "/zaken/api/v1/zaken"
-LOAD_CPU, GATEWAY_CPU = 0, 1
 MB = 1024 * 1024
-
-
-@dataclass
-class Target:
-    """One way to reach the upstream: its port and the headers a caller sends on it."""
-
-    name: str
-    port: int
-    headers: dict[str, str]
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def header_args(self) -> list[str]:
-        return [arg for k, v in self.headers.items() for arg in ("-H", f"{k}: {v}")]
 
 
 @dataclass
@@ -70,6 +56,7 @@ class Bench:
     workdir: Path
     procs: Processes
     paths: dict[str, Target] = field(default_factory=dict)
+    nginx: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     gateway_env: dict[str, str] = field(default_factory=dict)
     gateway_config: Path | None = None
@@ -96,8 +83,8 @@ class Bench:
             "-e",
             str(self.workdir / "nginx/error.log"),
         ]
-        proc = self.procs.start("nginx", argv, LOAD_CPU)
-        wait_port(port, proc)
+        self.nginx = self.procs.start("nginx", argv, PROXY_CPU)
+        wait_port(port, self.nginx)
         self.paths["nginx"] = Target("nginx", port, {})
 
     def start_gateway(self) -> None:
@@ -108,7 +95,7 @@ class Bench:
             self.gateway_env = {"BENCH_API_KEY": key, "BENCH_SECRET": secrets.token_urlsafe(32)}
             self.paths["gateway"] = Target("gateway", port, {"X-API-Key": key})
         env = image_env(self.gateway_config, self.admin_port, self.gateway_env)
-        self.gateway = self.procs.start("gateway", [str(GATEWAY_ENTRY), "serve"], GATEWAY_CPU, env, inherit_env=False)
+        self.gateway = self.procs.start("gateway", [str(GATEWAY_ENTRY), "serve"], PROXY_CPU, env, inherit_env=False)
         try:
             wait_http(self.admin_port, "/-/ready", self.gateway, timeout=60)
         except RuntimeError as exc:
@@ -163,13 +150,22 @@ class Bench:
                 "max": max(steady) / MB,
             }
 
+    def conns(self) -> None:
+        """1,000 concurrent keep-alive callers against 50, and the memory of idle ones: bench/conns.py."""
+        proxies = {
+            name: (self.paths[name], proc.pid)
+            for name, proc in (("nginx", self.nginx), ("gateway", self.gateway))
+            if proc is not None
+        }
+        self.result["conns"] = measure_conns(proxies, self.paths["direct"].port, self.args.rounds, self.args.duration)
+
     def rewrite(self) -> None:
         """The same page through a second gateway with rewrite_urls on, rounds interleaved with the first."""
         plain = self.paths["gateway"]
         port, admin = free_port(), free_port()
         conf = gateway_conf(self.workdir, port, admin, self.paths["direct"].port, rewrite=True)
         env = image_env(conf, admin, self.gateway_env)
-        proc = self.procs.start("gateway-rewrite", [str(GATEWAY_ENTRY), "serve"], GATEWAY_CPU, env, inherit_env=False)
+        proc = self.procs.start("gateway-rewrite", [str(GATEWAY_ENTRY), "serve"], PROXY_CPU, env, inherit_env=False)
         try:
             wait_http(admin, "/-/ready", proc, timeout=60)
             rewriting = Target("gateway-rewrite", port, plain.headers)
@@ -255,22 +251,6 @@ class Bench:
         self.result["burst"] = r
 
 
-def wrk(p: Target, path: str, duration: int) -> dict[str, Any]:
-    argv = [
-        "taskset", "-c", str(LOAD_CPU), "wrk", "-t1", "-c50", f"-d{duration}s",
-        "-s", str(BENCH / "wrk_report.lua"), *p.header_args(), p.url(path),
-    ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    errors = sum(report[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-    return {
-        "rps": report["requests"] / (report["duration_us"] / 1e6),
-        "p50_ms": report["p50_us"] / 1000,
-        "p99_ms": report["p99_us"] / 1000,
-        "errors": errors,
-    }
-
-
 def log_size(log: Path) -> int:
     try:
         return log.stat().st_size
@@ -299,25 +279,6 @@ def inside_split(log: Path, offset: int, run: dict[str, Any]) -> dict[str, float
         "own_ms": statistics.median((x["duration"] - x["upstream_duration"]) * 1000 for x in lines),
         "outside_ms": run["p50_ms"] - app,
     }
-
-
-def loadgen(mode: str, url: str, headers: list[str], extra: list[str], timeout: float) -> dict[str, Any]:
-    argv = [
-        "taskset",
-        "-c",
-        str(LOAD_CPU),
-        sys.executable,
-        str(BENCH / "loadgen.py"),
-        mode,
-        url,
-        *headers,
-        *extra,
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen {mode} {url} failed:\n{done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def tokens_minted(admin_port: int) -> float | None:
@@ -358,10 +319,13 @@ def gateway_available() -> bool:
     return done.returncode == 0
 
 
+PHASES = ["throughput", "conns", "rewrite", "latency", "stream", "burst"]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 64 MiB streams")
-    parser.add_argument("--only", choices=["throughput", "rewrite", "latency", "stream", "burst"], action="append")
+    parser.add_argument("--only", choices=PHASES, action="append")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rate", type=float, default=500, help="requests/s of the latency run")
@@ -376,7 +340,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.latency_duration, args.stream_mib, args.concurrent_mib = 1, 3, 3, 64, 16
-    args.phases = args.only or ["throughput", "rewrite", "latency", "stream", "burst"]
+    args.phases = args.only or PHASES
     return args
 
 
@@ -387,7 +351,7 @@ def main(argv: list[str]) -> int:
     gateway = not args.no_gateway and gateway_available()
     if not gateway:
         print("gateway: not measured (`zgw-gateway serve` unavailable or --no-gateway)")
-    result: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "only"}}
+    result: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "only"}, "nofile": raise_nofile()}
     result["background_cpu_pct"] = {"before": background_cpu()}
     if result["background_cpu_pct"]["before"] > 10:
         print(f"warning: the machine is {result['background_cpu_pct']['before']:.0f}% busy before the run")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,6 +23,20 @@ from types import TracebackType
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 STATIC_TOKEN = "bench-static-token"  # the stub checks presence only; direct and nginx send this
+# Descriptors a proxy, wrk and the upstream may each need: 1,000 callers (the conns phase, issue 23), as many
+# upstream connections for nginx, the listeners, with room.
+NOFILE = 8192
+
+
+def raise_nofile(want: int = NOFILE) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to `want` (up to the hard limit) before it starts anything: every
+    process it starts inherits it (the gateway's environment is replaced, its limits are not). Returns the
+    soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 def free_port() -> int:
@@ -235,7 +250,8 @@ class RssSampler:
 
 
 def nginx_conf(workdir: Path, port: int, upstream_port: int) -> Path:
-    """A reference proxy doing the gateway's job minus minting: static token, CRS headers, streaming."""
+    """A reference proxy doing the gateway's job minus minting: static token, CRS headers, streaming. It keeps
+    up to 100 idle upstream connections, as many as the gateway's pool holds (`max_connections`' default)."""
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / "nginx" / sub).mkdir(parents=True, exist_ok=True)
     common = f"""
@@ -246,9 +262,10 @@ def nginx_conf(workdir: Path, port: int, upstream_port: int) -> Path:
     text = f"""
 daemon off;
 worker_processes 1;
+worker_rlimit_nofile {NOFILE};
 pid {workdir}/nginx/nginx.pid;
 error_log {workdir}/nginx/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {NOFILE}; }}
 http {{
     access_log {workdir}/nginx/access.log;
     client_body_temp_path {workdir}/nginx/body;
@@ -259,7 +276,7 @@ http {{
     client_max_body_size 0;
     upstream upstream {{
         server 127.0.0.1:{upstream_port};
-        keepalive 64;
+        keepalive 100;
     }}
     server {{
         listen 127.0.0.1:{port};

@@ -3,7 +3,7 @@
 
     uv run --group bench python bench/profile.py [--mib 512] [--tool strace|perf|py-spy|cpu]
 
-Starts the upstream stub, nginx and the gateway as `bench/run` does (the gateway as the image runs it, on
+Starts the upstream stub, nginx and the gateway as `bench/run` does (the gateway as the image runs it; both proxies on
 CPU 1), then for each tool uploads `--mib` MiB with `curl -T` through nginx and through the gateway while the
 tool watches the proxy: `cpu` (CPU seconds and context switches from /proc), `strace -c -f` (system calls),
 `perf record -g` (on-CPU symbols; top 15 printed) and `py-spy record --native` (the gateway only; top frames

@@ -38,6 +38,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     growth = {s: p["gateway"]["rss_mb"]["growth"] for s, p in stream.items() if "gateway" in p}
     rewrite = result.get("rewrite", {}).get("rps_median", {})
     run = result.get("gateway_run", {})
+    conns = {name: c for name, c in result.get("conns", {}).items() if c.get("rounds")}
     summary: dict[str, Any] = {
         "rps": rps,
         "gateway_vs_nginx": ratio(rps.get("gateway"), rps.get("nginx")),
@@ -49,6 +50,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "steady_rss_mb": result.get("steady_rss_mb", {}).get("max"),
         "tokens_minted": result.get("burst", {}).get("tokens_minted"),
         "rewriting_vs_plain": ratio(rewrite.get("rewriting"), rewrite.get("plain")),
+        "conns_1000_vs_50": {name: c["ratio_median"] for name, c in conns.items()},
+        "conns_opened_per_request_max": {name: c["opened_per_request_max"] for name, c in conns.items()},
+        "conns_idle_kb_per_connection": {name: c["idle"]["kb_per_connection"] for name, c in conns.items()},
         "access_lines": run.get("stdout_lines", {}).get("access"),
         "metrics_scrapes": run.get("metrics_scrapes"),
     }
@@ -77,6 +81,12 @@ def _checks(summary: dict[str, Any]) -> dict[str, Check]:
             "steady RSS <= 120 MB": (summary["steady_rss_mb"], operator.le, 120),
             "cold burst mints 1 token": (summary["tokens_minted"], operator.eq, 1),
             "URL rewriting >= 0.8 x without": (summary["rewriting_vs_plain"], operator.ge, 0.8),
+            "1,000 callers >= 0.9 x 50 callers": (summary["conns_1000_vs_50"].get("gateway"), operator.ge, 0.9),
+            "upstream reuse >= 99 % in every run": (
+                summary["conns_opened_per_request_max"].get("gateway"),
+                operator.le,
+                0.01,
+            ),
             "JSON access log on": (summary["access_lines"], operator.gt, 0),
             "metrics scraped while serving": (summary["metrics_scrapes"], operator.gt, 0),
         }
@@ -108,7 +118,19 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
     print(f"steady RSS under load MB   {fmt(summary['steady_rss_mb'], '.1f')}")
     print(f"tokens minted (cold burst) {fmt(summary['tokens_minted'], '.0f')}")
     print(f"URL rewriting on / off     {fmt(summary['rewriting_vs_plain'])}")
+    print_conns(result.get("conns", {}))
     lines, scrapes = fmt(summary["access_lines"], ".0f"), fmt(summary["metrics_scrapes"], ".0f")
     print(f"access lines / scrapes     {lines} / {scrapes}")
     for target, ok in summary["targets"].items():
         print(f"  {'PASS' if ok else 'FAIL' if ok is False else 'n/a '}  {target}")
+
+
+def print_conns(conns: dict[str, Any]) -> None:
+    if not conns:
+        return
+    print("\n1,000 callers  req/s at 50 / 1,000   x    p99 ms   non-2xx  sock.err  opened/req (max)  KB/idle conn")
+    for name, c in conns.items():
+        rps, p99 = c["rps_median"], c["p99_ms_median"]
+        print(f"{name:8} {rps['50']:13.0f} / {rps['1000']:7.0f} {c['ratio_median']:5.2f} {p99['1000']:9.1f}"
+              f" {c['non_2xx']:9d} {c['socket_errors']:9d} {c['opened_per_request_max']:17.4f}"
+              f" {c['idle']['kb_per_connection']:13.1f}")  # fmt: skip

@@ -7,7 +7,10 @@ A raw asyncio + httptools HTTP/1.1 server (uvloop when available), faster than a
 - ``GET /documenten/api/v1/enkelvoudiginformatieobjecten/<uuid>/download?size=N`` streams N bytes
   of octet-stream in 64 KiB chunks, honouring transport flow control instead of buffering;
 - ``PUT``/``POST /documenten/api/v1/...`` consumes a request body of any size, counting it, and
-  answers ``{"received": <bytes>}``.
+  answers ``{"received": <bytes>}``;
+- ``GET /-/stats`` answers ``{"opened": <n>}``: the connections accepted since start, leaving out those that
+  asked for the stats. The bench reads it before and after a run: the connections a proxy opened to its
+  upstream per request it served (issue 23: a proxy should reuse them).
 
 The token is not verified: only the presence of ``Authorization: Bearer `` (401 without), and on the
 Zaken API the presence of ``Accept-Crs`` (412 without, as Open Zaak does), which proves that a proxy
@@ -89,6 +92,9 @@ class Responses:
 class Connection(asyncio.Protocol):
     """One client connection: parses requests with httptools, answers them in order."""
 
+    accepted = 0  # connections since start
+    stats_readers = 0  # of which asked for /-/stats
+
     def __init__(self, answers: Responses) -> None:
         self.answers = answers
         self.parser = httptools.HttpRequestParser(self)
@@ -97,6 +103,7 @@ class Connection(asyncio.Protocol):
         self.writable.set()
         self.pending: deque[Request] = deque()
         self.streaming = False
+        self.stats_reader = False
         self._reset()
 
     def _reset(self) -> None:
@@ -107,6 +114,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        Connection.accepted += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -160,7 +168,12 @@ class Connection(asyncio.Protocol):
             return
         path, _, query = request.url.partition(b"?")
         download = None
-        if not request.bearer:
+        if path == b"/-/stats":
+            if not self.stats_reader:
+                self.stats_reader = True
+                Connection.stats_readers += 1
+            data = response(b"200 OK", b'{"opened":%d}' % (Connection.accepted - Connection.stats_readers))
+        elif not request.bearer:
             data = self.answers.unauthorized
         elif path.startswith(b"/zaken/api/v1/"):
             if request.method == b"GET":
