@@ -24,7 +24,7 @@ PREFIX = "zgw_gateway"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # Why a pooled upstream connection was closed instead of reused (connection.Connection.unusable).
-CLOSE_REASONS = ("stray_bytes", "early_answer", "failed", "unfinished", "not_keep_alive")
+CLOSE_REASONS = ("stray_bytes", "early_answer", "failed", "unfinished", "not_keep_alive", "distrusted")
 FAILURE_REASONS = (
     "connect", "timeout", "reset", "dns", "pool", "circuit_open", "tls", "overloaded", "bad_response",
 )  # fmt: skip
@@ -134,7 +134,8 @@ class Metrics:
             Counter(
                 f"{PREFIX}_upstream_connections_closed",
                 "Upstream connections closed instead of reused, by reason (stray_bytes: the upstream sent "
-                "bytes nobody asked for).",
+                "bytes nobody asked for; distrusted: reusable, but that upstream sent stray bytes within the last "
+                "60 s).",
                 ["component", "reason"],
                 registry=r,
             )
