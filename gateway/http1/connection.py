@@ -36,14 +36,16 @@ Bounds: the answer's head (every 1xx head included) in bytes and in fields, and 
 (`max_response_head_bytes`, `max_response_headers`); trailers are read, checked and dropped, never merged
 into the headers; reading the answer waits at most `timeouts.read` between two pieces.
 
-Writing the body is bounded by `timeouts.write` as a deadline, not an inactivity timer: no byte of the
-request may wait in the gateway's send buffer (the kernel's socket buffer being full) longer than
-`timeouts.write`. Every write the kernel cannot take whole is stamped with its time, and a piece must be
-taken whole within `timeouts.write` of being written (`stalled_since`). An upstream that stopped reading
-is thus caught within `timeouts.write` of the kernel's buffers filling, however the kernel trickles a few
-bytes now and then (issue 20: the old inactivity timer restarted on every trickle); an upstream that
-reads slower than the caller sends passes as long as it takes each piece (at most the transport's
-high-water mark plus one piece waits before it) within `timeouts.write`.
+Writing the body is bounded by `timeouts.write` as a deadline per byte, not an inactivity timer: every
+byte of the request must be acknowledged by the upstream's TCP within `timeouts.write` of being written
+(`stalled_since`). "Acknowledged" means it left both the transport's buffer and the kernel's send queue
+(SIOCOUTQ): on loopback the kernel's send buffer grows to megabytes, so a byte merely taken by the kernel
+says nothing of the upstream. An upstream that stopped reading is thus caught within `timeouts.write` of
+its receive window closing, however much the kernels buffer and however a few bytes trickle now and then
+(issue 20: the old inactivity timer restarted whenever the transport drained a little, and a 40 MB upload
+into a stuck upstream got its 504 after 16 s with `write: 4`). An upstream that reads slower than the
+caller sends passes as long as each byte gets through within `timeouts.write`. On TLS only the
+transport's buffer counts (the kernel holds ciphertext).
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import fcntl
 import select
+import sys
+import termios
 from collections.abc import Callable
 
 import httptools
@@ -62,6 +67,9 @@ from gateway.config.sections import Component
 HIGH_WATER = 256 * 1024
 # What one chunk's size line and CRLFs may take (RFC 9112 section 7.1; extensions included).
 CHUNK_LINE = 256
+# Writes within this many seconds share one time stamp (the first's): the stamps stay few on a fast upload.
+STAMP_GRAIN = 0.01
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # = SIOCOUTQ for a TCP socket on Linux
 # The reasons a connection is not reused, strongest first: the one reported is the strongest that holds.
 VERDICTS = ("stray_bytes", "early_answer", "failed", "not_keep_alive")
 
@@ -170,25 +178,39 @@ class Connection(asyncio.Protocol):
     # writing the request
 
     def write(self, data: bytes) -> None:
-        """Hand request bytes to the transport; a write the kernel cannot take whole is stamped (`stalled_since`)."""
+        """Hand request bytes to the transport, stamped with the time they were written (`stalled_since`)."""
         transport = self.transport
         assert transport is not None
         transport.write(data)
         self.written += len(data)
-        if transport.get_write_buffer_size():
-            self.waiting.append((self.written, self.loop.time()))
-            if len(self.waiting) == 1:
+        now = self.loop.time()
+        waiting = self.waiting
+        if waiting and now - waiting[-1][1] < STAMP_GRAIN:
+            waiting[-1] = (self.written, waiting[-1][1])  # one stamp per grain: the older time, the stricter
+        else:
+            waiting.append((self.written, now))
+            if len(waiting) == 1:
                 self.wake()  # a deadline starts: whoever watches the upload learns it
 
     def stalled_since(self) -> float | None:
-        """When the oldest request byte still waiting in the gateway's buffer was written; None if none waits."""
+        """When the oldest request byte the upstream has not acknowledged yet was written; None if none waits."""
         transport = self.transport
         if transport is None or not self.waiting:
             return None
-        taken = self.written - transport.get_write_buffer_size()
+        taken = self.written - transport.get_write_buffer_size() - self._unacknowledged()
         while self.waiting and self.waiting[0][0] <= taken:
             self.waiting.popleft()
         return self.waiting[0][1] if self.waiting else None
+
+    def _unacknowledged(self) -> int:
+        """Bytes in the kernel's send queue (SIOCOUTQ): not yet acknowledged by the upstream's TCP. Plain TCP
+        on Linux only; on TLS the kernel holds ciphertext, which cannot be set against the bytes written."""
+        if self.fd < 0 or _OUTQ is None:
+            return 0
+        try:
+            return int.from_bytes(fcntl.ioctl(self.fd, _OUTQ, bytes(4)), sys.byteorder, signed=True)
+        except OSError:
+            return 0
 
     # reading the answer's body
 
