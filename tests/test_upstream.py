@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -103,6 +104,29 @@ def test_a_well_behaved_upstream_gets_one_connection_for_many_requests() -> None
             assert await exchange(pool, f"m{i}") == (200, pool_headers(ours(f"m{i}")), ours(f"m{i}"))
 
     up = run(well_behaved, test)
+    assert markers(up) == [[f"m{i}" for i in range(20)]]
+
+
+def test_connections_are_reused_past_descriptor_1024() -> None:
+    """Issue 20: select() refuses descriptors from 1024 on; with more than 1,024 open (idle callers do
+    that), every take from the pool counted as stray bytes and opened a new connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on descriptors ({hard}) is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [fd for _ in range(550) for fd in os.pipe()]
+
+    async def test(pool: Pool, up: HostileUpstream) -> None:
+        for i in range(20):
+            assert (await exchange(pool, f"m{i}"))[2] == ours(f"m{i}")
+        assert pool.idle[0].fd >= 1024
+
+    try:
+        up = run(well_behaved, test)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert markers(up) == [[f"m{i}" for i in range(20)]]
 
 
