@@ -110,7 +110,10 @@ def test_rule_1_an_answer_while_request_bytes_still_wait_in_the_buffer_is_early(
 
 @pytest.mark.parametrize(
     "partial",
-    [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"],
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n",
+    ],
     ids=["content-length", "chunked"],
 )
 def test_rule_2_an_answer_read_short_of_its_framing_closes_the_connection(partial: bytes) -> None:
@@ -139,7 +142,10 @@ def test_rule_2_body_bytes_not_yet_taken_by_the_caller_keep_the_connection_from_
 
 @pytest.mark.parametrize(
     "answer",
-    [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
     ids=["connection-close", "http-1.0"],
 )
 def test_rule_3_an_answer_that_does_not_keep_alive_closes_the_connection(answer: bytes) -> None:
