@@ -20,32 +20,26 @@ the pool only when all of these hold, and is closed otherwise:
    checked for unread bytes once more when it is taken from the pool.
 
 What no HTTP/1.1 client can tell (nginx and httpcore alike): an unasked answer that arrives after the next
-request was sent on the connection looks like that request's answer, because HTTP/1.1 has no request
-ids. The real answer then follows it as bytes beyond an answer (rule 4) or on an idle connection (rule 5),
-and the connection is closed, unless it has carried yet another request by then. docs/security.md
-("Hostile upstream") has the measurements.
+request went out looks like that request's answer (no request ids); the real answer behind it is then
+caught by rule 4 or 5, and the pool stops reusing that upstream's connections for a while (pool.py,
+`_distrust`). docs/security.md ("Hostile upstream") has the measurements.
 
-The rules are a state machine (`State`, h11's and httpcore's shape): IDLE (in the pool: any byte is a
-stray, rule 5) -> SENDING (`begin`; a final head now is early, rule 1) -> AWAITING (`sent`: the whole
-request went) -> BODY (the final head arrived) -> DONE (the answer ended by its framing, rule 2; any byte
-now lies beyond it, rule 4) -> IDLE again (`end`) when reusable, else closed. Only this class moves the
-state; the first thing that forbids reuse is kept as the connection's `verdict` (a reason of
-metrics.CLOSE_REASONS), and `unusable()` derives the answer from state and verdict.
+The rules are a state machine (`State`, as in h11 and httpcore), moved only by this class: IDLE (any byte
+is a stray, rule 5) -> SENDING (`begin`; a final head now is early, rule 1) -> AWAITING (`sent`) -> BODY
+-> DONE (ended by its framing, rule 2; any byte now lies beyond it, rule 4) -> IDLE (`end`) or closed.
+The strongest reason against reuse seen so far is the `verdict`; `unusable()` derives from both.
 
 Bounds: the answer's head (every 1xx head included) in bytes and in fields, and its trailers likewise
 (`max_response_head_bytes`, `max_response_headers`); trailers are read, checked and dropped, never merged
-into the headers; reading the answer waits at most `timeouts.read` between two pieces.
-
-Writing the body is bounded by `timeouts.write` as a deadline per byte, not an inactivity timer: every
-byte of the request must be acknowledged by the upstream's TCP within `timeouts.write` of being written
-(`stalled_since`). "Acknowledged" means it left both the transport's buffer and the kernel's send queue
-(SIOCOUTQ): on loopback the kernel's send buffer grows to megabytes, so a byte merely taken by the kernel
-says nothing of the upstream. An upstream that stopped reading is thus caught within `timeouts.write` of
-its receive window closing, however much the kernels buffer and however a few bytes trickle now and then
-(issue 20: the old inactivity timer restarted whenever the transport drained a little, and a 40 MB upload
-into a stuck upstream got its 504 after 16 s with `write: 4`). An upstream that reads slower than the
-caller sends passes as long as each byte gets through within `timeouts.write`. On TLS only the
-transport's buffer counts (the kernel holds ciphertext).
+into the headers; reading the answer waits at most `timeouts.read` between two pieces. Writing the body is
+bounded by `timeouts.write` as a deadline per byte, not an inactivity timer: each
+request byte must be acknowledged by the upstream's TCP within `timeouts.write` of being written
+(`stalled_since`), i.e. have left both the transport's buffer and the kernel's send queue (SIOCOUTQ; on
+loopback the kernel's send buffer grows to megabytes, which say nothing of the upstream). So an upstream
+that stopped reading is caught within `timeouts.write` of its window closing, whatever the kernels buffer
+or trickle (issue 20: the old timer restarted whenever the transport drained a little: a 504 after 16 s
+with `write: 4`); a slow reader passes while each byte gets through in time. On TLS only the transport's
+buffer counts (the kernel holds ciphertext).
 """
 
 from __future__ import annotations
@@ -112,8 +106,7 @@ class Connection(asyncio.Protocol):
         self.room = self.settings.max_response_head_bytes
         self.fields_left = self.settings.max_response_headers
         self.interim = False
-        self.failure = ""  # why the answer cannot be used: bad_response (with `detail`) or reset
-        self.detail = ""
+        self.failure = self.detail = ""  # why the answer cannot be used: bad_response (with `detail`) or reset
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.paused = False
@@ -166,9 +159,8 @@ class Connection(asyncio.Protocol):
         return self.verdict  # rule 3: not_keep_alive, or ""
 
     def quiet(self) -> bool:
-        """Nothing waits to be read (rule 5, for bytes the event loop has not handed over yet). Plain TCP
-        only: on TLS, records such as session tickets may arrive unasked and are not the upstream's words.
-        poll, not select: select refuses descriptors from 1024 on (FD_SETSIZE; issue 20)."""
+        """Nothing waits to be read (rule 5, for bytes the event loop has not handed over yet). Plain TCP only:
+        on TLS, records such as session tickets arrive unasked. poll: select refuses descriptors >= 1024."""
         if self.fd < 0:
             return True
         poller = select.poll()
@@ -203,8 +195,7 @@ class Connection(asyncio.Protocol):
         return self.waiting[0][1] if self.waiting else None
 
     def _unacknowledged(self) -> int:
-        """Bytes in the kernel's send queue (SIOCOUTQ): not yet acknowledged by the upstream's TCP. Plain TCP
-        on Linux only; on TLS the kernel holds ciphertext, which cannot be set against the bytes written."""
+        """Bytes in the kernel's send queue not yet acknowledged by the upstream (SIOCOUTQ; plain TCP only)."""
         if self.fd < 0 or _OUTQ is None:
             return 0
         try:

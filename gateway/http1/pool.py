@@ -3,8 +3,10 @@
 A `Pool` sends one request at a time per connection and hands back a `Response` whose body is read as it
 arrives; `connection.Connection` parses the answer and decides, by the reuse rules written there, whether
 the connection goes back to the pool. Waiting for a connection, connecting and waiting for the answer's
-head are bounded by the request's deadline; sending the body by `timeouts.write`, reading it by
-`timeouts.read` between pieces.
+head are bounded by the request's deadline; sending the body by `timeouts.write` (a deadline per byte,
+connection.py), reading it by `timeouts.read` between pieces. Waiting callers are served first come,
+first served: a released connection is handed to the oldest. An upstream caught sending bytes nobody
+asked for gets no connection reused for DISTRUST_SECONDS (`_distrust`).
 
 Never followed: redirects. Never added: any header. Never changed: the request target and the body bytes.
 Why not a general client library: bench/micro.py measures this client against aiohttp and httpx per
