@@ -103,6 +103,27 @@ def test_a_released_connection_goes_to_the_oldest_waiter_not_to_a_newcomer() -> 
     assert markers(asyncio.run(main())) == [["held", "w1", "w2", "w3", "new"]]
 
 
+def test_a_slot_freed_by_a_closed_connection_goes_to_the_oldest_waiter_not_to_a_newcomer() -> None:
+    async def script(request: Request) -> None:
+        extra = b"Connection: close\r\n" if request.marker == "held" else b""
+        request.write(answer(request, extra=extra))
+
+    async def main() -> HostileUpstream:
+        async with HostileUpstream(script) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
+            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
+            await held.read(100)
+            waiter = asyncio.create_task(exchange(pool, "w1"))
+            await until(lambda: len(pool._waiters) == 1)
+            held.release()  # not reusable: its slot is free
+            assert (await exchange(pool, "new"))[2] == ours("new")
+            assert (await waiter)[2] == ours("w1")
+            pool.close()
+            return up
+
+    assert markers(asyncio.run(main())) == [["held"], ["w1", "new"]]
+
+
 def test_a_waiter_that_gives_up_after_its_turn_came_passes_the_connection_on() -> None:
     async def main() -> None:
         async with HostileUpstream(well_behaved) as up:

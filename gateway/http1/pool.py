@@ -224,45 +224,49 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
-                if conn.quiet():
-                    self.in_use += 1
-                    return conn
-                self._stray()
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS and self._usable(conn):
+                self.in_use += 1
+                return conn
             conn.close()
-        if self.in_use >= self.settings.max_connections:
-            return await self._wait_turn(deadline, now)
-        self.in_use += 1
+        if self.in_use < self.settings.max_connections:
+            self.in_use += 1
+        else:
+            handed = await self._wait_turn(min(self.settings.timeouts.pool, deadline - now))
+            if handed is not None and not handed.closed and self._usable(handed):
+                return handed
+            if handed is not None:
+                handed.close()  # its slot is this request's now
         try:
-            conn = await self._connect(min(self.settings.timeouts.connect, deadline - now))
+            return await self._connect(min(self.settings.timeouts.connect, deadline - time.monotonic()))
         except BaseException:
             self.in_use -= 1
             self._hand_over(None)
             raise
-        return conn
 
-    async def _wait_turn(self, deadline: float, now: float) -> Connection:
-        """In line (first come, first served) until a connection is handed over or a slot frees."""
+    def _usable(self, conn: Connection) -> bool:
+        if conn.quiet():
+            return True
+        self._stray()
+        return False
+
+    async def _wait_turn(self, timeout: float) -> Connection | None:
+        """In line (first come, first served) until a connection or a free slot is handed over (and counted
+        in use for this request): a connection to reuse, or None to open one."""
         waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(min(self.settings.timeouts.pool, deadline - now)):
-                conn = await waiter
+            async with asyncio.timeout(timeout):
+                return await waiter
         except BaseException as exc:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             elif waiter.done() and not waiter.cancelled():
                 # Its turn came, then it gave up: the connection or the slot goes to the next in line.
-                handed = waiter.result()
-                if handed is not None:
-                    self.in_use -= 1
-                self._hand_over(handed)
+                self.in_use -= 1
+                self._hand_over(waiter.result())
             if isinstance(exc, TimeoutError):
                 raise UpstreamError("pool", sent=False) from None
             raise
-        if conn is not None:
-            return conn
-        return await self._acquire(deadline)
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
@@ -303,13 +307,12 @@ class Pool:
         self._hand_over(None if conn.closed else conn)
 
     def _hand_over(self, conn: Connection | None) -> None:
-        """A reusable `conn` goes to the oldest waiter, else to the idle list; None wakes the oldest waiter to
-        take the freed slot."""
+        """A freed slot goes to the oldest waiter, with `conn` to reuse if there is one; else `conn` goes idle.
+        The slot is counted in use at once, so no request that arrives later can take it first."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                if conn is not None:
-                    self.in_use += 1
+                self.in_use += 1
                 waiter.set_result(conn)
                 return
         if conn is not None:
