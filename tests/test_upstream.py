@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -174,6 +175,25 @@ def test_stray_bytes_the_event_loop_has_not_handed_over_yet_are_caught_when_the_
 
     up = run(well_behaved, test)
     assert markers(up) == [["first"], ["second"]]
+
+
+def test_an_idle_connection_the_upstream_closed_is_not_taken_for_stray_bytes() -> None:
+    """Its end, not yet handed over by the event loop, is seen when the connection is taken: a new connection,
+    nothing counted as stray, and the upstream still trusted with reuse."""
+    closed: list[str] = []
+
+    async def test(pool: Pool, up: HostileUpstream) -> None:
+        pool.on_close = closed.append
+        assert (await exchange(pool, "first"))[2] == ours("first")
+        sock = up.connections[0].requests[0].writer.get_extra_info("socket")
+        with socket.socket(fileno=os.dup(sock.fileno())) as end:
+            end.shutdown(socket.SHUT_WR)  # no await since: as a keep-alive timeout would, unseen by the client
+        assert not pool.idle[0].closed
+        for marker in ("second", "third"):
+            assert (await exchange(pool, marker))[2] == ours(marker)
+        assert closed == []
+
+    assert markers(run(well_behaved, test)) == [["first"], ["second", "third"]]
 
 
 # Rule 4: not one byte beyond the end of the answer.

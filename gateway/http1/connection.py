@@ -164,8 +164,11 @@ class Connection(asyncio.Protocol):
         if self.fd < 0:
             return True
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN | select.POLLPRI)
-        return not poller.poll(0)
+        poller.register(self.fd, select.POLLIN | select.POLLPRI | select.POLLRDHUP)
+        events = poller.poll(0)
+        if events and events[0][1] & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+            self.close()  # the upstream closed it (keep-alive timeout): not stray bytes
+        return not events
 
     # writing the request
 

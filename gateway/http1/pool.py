@@ -246,7 +246,8 @@ class Pool:
     def _usable(self, conn: Connection) -> bool:
         if conn.quiet():
             return True
-        self._stray()
+        if not conn.closed:
+            self._stray()
         return False
 
     async def _wait_turn(self, timeout: float) -> Connection | None:
