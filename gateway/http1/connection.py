@@ -140,8 +140,6 @@ class Connection(asyncio.Protocol):
         if not self.verdict or VERDICTS.index(reason) < VERDICTS.index(self.verdict):
             self.verdict = reason
 
-    # what the state says
-
     @property
     def headers_done(self) -> bool:
         return self.state is State.BODY or self.state is State.DONE
@@ -205,8 +203,6 @@ class Connection(asyncio.Protocol):
             return int.from_bytes(fcntl.ioctl(self.fd, _OUTQ, bytes(4)), sys.byteorder, signed=True)
         except OSError:
             return 0
-
-    # reading the answer's body
 
     def take_body(self) -> bytes:
         """The body bytes read so far (b"" if none); reading resumes if it was paused for back-pressure."""
