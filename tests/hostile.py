@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,13 @@ class Request:
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
+    def stop_reading(self) -> None:
+        """Read nothing more from this connection, not even into the stream's buffer: with a small `rcvbuf`
+        the peer's bytes soon stop being acknowledged."""
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
     async def drain(self) -> None:
         await self.writer.drain()
 
@@ -123,8 +131,9 @@ class _Recording(asyncio.StreamReader):
 class HostileUpstream:
     """See the module docstring. `url` is its base; `connections` what it received."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, rcvbuf: int = 0) -> None:
         self.script = script
+        self.rcvbuf = rcvbuf  # SO_RCVBUF of its connections (0: the kernel's): small, the kernel buffers little
         self.connections: list[Connection] = []
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
@@ -165,7 +174,11 @@ class HostileUpstream:
 
     async def __aenter__(self) -> HostileUpstream:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, "127.0.0.1", 0)
+        sock = socket.socket()
+        if self.rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)  # before listen: inherited
+        sock.bind(("127.0.0.1", 0))
+        self._server = await loop.create_server(self._protocol, sock=sock)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -484,7 +484,9 @@ def test_too_many_response_fields_are_a_502(tmp_path: Path) -> None:
 
 
 def test_in_flight_and_the_pool_settle_after_every_case(tmp_path: Path) -> None:
-    """Whatever the upstream did, nothing stays counted in flight."""
+    """Whatever the upstream did, nothing stays counted in flight and no pool slot stays taken: with one
+    connection allowed, every case after a broken one still gets through, each broken connection is
+    closed and counted, and the well-behaved answers share one connection."""
     count = [0]
 
     async def script(request: Request) -> None:
@@ -501,10 +503,21 @@ def test_in_flight_and_the_pool_settle_after_every_case(tmp_path: Path) -> None:
         else:
             await well_behaved(request)
 
-    with hostile(script, tmp_path) as (gw, _up):
+    statuses = []
+    with hostile(script, tmp_path, max_connections=1, timeouts={"pool": 2}) as (gw, up):
         for i in range(12):
-            with contextlib.suppress(h11.RemoteProtocolError, ConnectionError, OSError):
-                caller = Caller(gw, ALPHA)
-                caller.request("GET", DOCS + "/mixed", f"m{i}")
-                caller.close()
-        wait_until(lambda: metric_value(gw.metrics(), "zgw_gateway_in_flight_requests") == 0, 10)
+            caller = Caller(gw, ALPHA)
+            try:
+                statuses.append(caller.request("GET", DOCS + "/mixed", f"m{i}")[0])
+            except (h11.RemoteProtocolError, ConnectionError, OSError):
+                statuses.append(0)  # the answer was cut mid-body: the caller's connection aborted
+            caller.close()
+        exposition = gw.metrics()
+    # kinds 1, 2, 3, 0 in turn: a cut body, a bad chunk size (502), a good answer, a reset (502)
+    assert statuses == [0, 502, 200, 502] * 3
+    assert metric_value(exposition, "zgw_gateway_in_flight_requests", component="documenten") == 0
+    closed = "zgw_gateway_upstream_connections_closed_total"
+    assert metric_value(exposition, closed, component="documenten", reason="failed") == 9
+    assert metric_value(exposition, closed, component="documenten") == 9
+    # Each good answer's connection went back to the pool and carried the next (reset) request.
+    assert [len(conn.requests) for conn in up.connections] == [1, 1, 2] * 3

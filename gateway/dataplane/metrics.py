@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from gateway import __version__
 from gateway.config.sections import METHODS
 from gateway.dataplane.failures import Abort, Failure
+from gateway.http1.pool import CLOSE_REASONS
 from gateway.zgw import FORBIDDEN_CODES
 
 PREFIX = "zgw_gateway"
@@ -29,7 +30,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # Why a pooled upstream connection was closed instead of reused (connection.Connection.unusable).
-CLOSE_REASONS = ("stray_bytes", "early_answer", "failed", "unfinished", "not_keep_alive")
 FAILURE_REASONS = tuple(Failure)
 
 M = TypeVar("M", Counter, Gauge, Histogram)
@@ -137,7 +137,8 @@ class Metrics:
             Counter(
                 f"{PREFIX}_upstream_connections_closed",
                 "Upstream connections closed instead of reused, by reason (stray_bytes: the upstream sent "
-                "bytes nobody asked for).",
+                "bytes nobody asked for; distrusted: reusable, but that upstream sent stray bytes within the last "
+                "60 s).",
                 ["component", "reason"],
                 registry=r,
             )

@@ -130,7 +130,7 @@ class Runtime:
             except (OSError, ssl.SSLError) as exc:
                 errors.append(f"components.{name}.tls: cannot load ({type(exc).__name__}: {exc.strerror or exc})")
                 continue
-            pools[name] = Pool(route.upstream_hostname, route.upstream_port, context, comp, self._counter(name))
+            pools[name] = Pool(route.upstream_hostname, route.upstream_port, context, comp, self._counter(name), name)
         if errors:
             raise ConfigError(errors)
         return pools

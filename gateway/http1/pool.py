@@ -3,8 +3,10 @@
 A `Pool` sends one request at a time per connection and hands back a `Response` whose body is read as it
 arrives; `connection.Connection` parses the answer and decides, by the reuse rules written there, whether
 the connection goes back to the pool. Waiting for a connection, connecting and waiting for the answer's
-head are bounded by the request's deadline; sending the body by `timeouts.write`, reading it by
-`timeouts.read` between pieces.
+head are bounded by the request's deadline; sending the body by `timeouts.write` (a deadline per byte,
+connection.py), reading it by `timeouts.read` between pieces. Waiting callers are served first come,
+first served: a released connection is handed to the oldest. An upstream caught sending bytes nobody
+asked for gets no connection reused for DISTRUST_SECONDS (`_distrust`).
 
 Never followed: redirects. Never added: any header. Never changed: the request target and the body bytes.
 Why not a general client library: bench/micro.py measures this client against aiohttp and httpx per
@@ -18,17 +20,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
 
 from gateway.config.sections import Component, UpstreamTLS
-from gateway.http1.connection import Connection
+from gateway.http1.connection import VERDICTS, Connection
 
 # Idle connections older than this are not reused: servers close idle keep-alive connections after a few
 # seconds (gunicorn 2 s, uvicorn 5 s), and a request sent into a closing connection fails.
 IDLE_SECONDS = 1.5
+# After an upstream sent bytes nobody asked for, its connections are not reused for this long (`_distrust`).
+DISTRUST_SECONDS = 60.0
+# Why a connection was not kept, as `on_close` is told: a verdict of the reuse rules, an exchange that did not
+# finish, or an upstream under distrust. The metrics' `reason` label values.
+CLOSE_REASONS = (*VERDICTS, "unfinished", "distrusted")
+
+log = logging.getLogger("zgw_gateway")
 
 
 def ssl_context(component: Component) -> ssl.SSLContext | None:
@@ -85,13 +95,7 @@ class Response:
             if conn.failure == "bad_response":
                 raise UpstreamError("bad_response", sent=True, detail=conn.detail)  # nothing of it is trusted
             if conn.chunks:
-                chunk = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
-                conn.chunks.clear()
-                conn.buffered = 0
-                if conn.paused and conn.transport is not None:
-                    conn.paused = False
-                    conn.transport.resume_reading()
-                return chunk
+                return conn.take_body()
             if conn.complete:
                 return b""
             if conn.failure or conn.closed:
@@ -129,8 +133,13 @@ class Pool:
         ssl_context: ssl.SSLContext | None,
         settings: Component,
         on_close: Callable[[str], None] = lambda reason: None,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.on_close = on_close  # told why a connection was not kept (metrics.CLOSE_REASONS)
+        self.on_close = on_close  # told why a connection was not kept (CLOSE_REASONS)
+        self.name = name  # the component, for the log
+        self.clock = clock
+        self.distrusted_until = 0.0  # until then no connection is reused (`_distrust`)
         self.host = host
         self.port = port
         self.ssl = ssl_context
@@ -138,7 +147,7 @@ class Pool:
         self.idle: list[Connection] = []
         self.in_use = 0
         self.closed = False
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
 
     async def request(
         self, method: str, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool, deadline: float
@@ -150,14 +159,13 @@ class Pool:
         conn = await self._acquire(deadline)
         conn.begin(method)
         try:
-            transport = conn.transport
-            if transport is None or conn.closed:
+            if conn.transport is None or conn.closed:
                 raise UpstreamError("reset", sent=False)
             if body is None or isinstance(body, bytes):
-                transport.write(head + body if body else head)
-                conn.request_sent = True
+                conn.write(head + body if body else head)
+                conn.sent()
             else:
-                transport.write(head)
+                conn.write(head)
                 await self._stream(conn, body, chunked)
                 # The body took as long as the caller took; the answer's head gets `read` from its end.
                 deadline = time.monotonic() + self.settings.timeouts.read
@@ -169,12 +177,19 @@ class Pool:
 
     async def _stream(self, conn: Connection, body: AsyncGenerator[bytes, None], chunked: bool) -> None:
         """Send the body while watching the connection: an answer that arrives first (rule 1), or the upstream
-        leaving, stops the sending even while the caller's next piece is still on its way."""
+        leaving, stops the sending even while the caller's next piece is still on its way; a piece the
+        upstream has not taken `timeouts.write` after it was written is a timeout (connection.py's docstring)."""
         pump = asyncio.ensure_future(self._pump(conn, body, chunked))
         pump.add_done_callback(lambda _: conn.wake())
+        write = self.settings.timeouts.write
         try:
             while not pump.done() and not conn.headers_done and not conn.closed:
-                await conn.wait(None)
+                since = conn.stalled_since()
+                left = None if since is None else since + write - conn.loop.time()
+                if left is not None and left <= 0:
+                    raise UpstreamError("timeout", sent=True, detail="the upstream stopped reading the body")
+                with contextlib.suppress(TimeoutError):
+                    await conn.wait(left)
         finally:
             if not pump.done():
                 pump.cancel()
@@ -184,26 +199,16 @@ class Pool:
             pump.result()  # the caller's body errors and the write timeout surface here
 
     async def _pump(self, conn: Connection, body: AsyncGenerator[bytes, None], chunked: bool) -> None:
-        transport = conn.transport
-        assert transport is not None
-        write_timeout = self.settings.timeouts.write
         async with contextlib.aclosing(body):
             async for chunk in body:
                 if chunk:
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                if not conn.drained.is_set():
-                    try:
-                        async with asyncio.timeout(write_timeout):
-                            await conn.drained.wait()
-                    except TimeoutError:
-                        raise UpstreamError(
-                            "timeout", sent=True, detail="the upstream stopped reading the body"
-                        ) from None
+                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drained.wait()  # bounded by `_stream`'s write deadline
                 if conn.closed:
                     return
         if chunked:
-            transport.write(b"0\r\n\r\n")
-        conn.request_sent = True
+            conn.write(b"0\r\n\r\n")
+        conn.sent()
 
     async def _await_head(self, conn: Connection, deadline: float) -> None:
         read = self.settings.timeouts.read
@@ -222,39 +227,57 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
-                if conn.quiet():
-                    self.in_use += 1
-                    return conn
-                self.on_close("stray_bytes")
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS and self._usable(conn):
+                self.in_use += 1
+                return conn
             conn.close()
-        if self.in_use >= self.settings.max_connections:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(min(self.settings.timeouts.pool, deadline - now)):
-                    await waiter
-            except TimeoutError:
-                raise UpstreamError("pool", sent=False) from None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            return await self._acquire(deadline)
-        self.in_use += 1
+        if self.in_use < self.settings.max_connections:
+            self.in_use += 1
+        else:
+            handed = await self._wait_turn(min(self.settings.timeouts.pool, deadline - now))
+            if handed is not None and not handed.closed and self._usable(handed):
+                return handed
+            if handed is not None:
+                handed.close()  # its slot is this request's now
         try:
-            conn = await self._connect(min(self.settings.timeouts.connect, deadline - now))
+            return await self._connect(min(self.settings.timeouts.connect, deadline - time.monotonic()))
         except BaseException:
             self.in_use -= 1
-            self._wake_one()
+            self._hand_over(None)
             raise
-        return conn
+
+    def _usable(self, conn: Connection) -> bool:
+        if conn.quiet():
+            return True
+        if not conn.closed:
+            self._stray()
+        return False
+
+    async def _wait_turn(self, timeout: float) -> Connection | None:
+        """In line (first come, first served) until a connection or a free slot is handed over (and counted
+        in use for this request): a connection to reuse, or None to open one."""
+        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except BaseException as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                # Its turn came, then it gave up: the connection or the slot goes to the next in line.
+                self.in_use -= 1
+                self._hand_over(waiter.result())
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError("pool", sent=False) from None
+            raise
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(loop, self.settings, lambda: self.on_close("stray_bytes")),
+                    lambda: Connection(loop, self.settings, self._stray),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -271,30 +294,54 @@ class Pool:
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ssl is None:
-                conn.fd = sock.fileno()
         return conn
 
     def release(self, conn: Connection) -> None:
-        """The exchange on `conn` is over: back to the pool if the reuse rules allow it, else closed."""
-        self.in_use -= 1
-        reason = conn.unusable()
-        conn.active = False
-        if not reason and not self.closed:
-            conn.idle_since = time.monotonic()
-            self.idle.append(conn)
-        else:
+        """The exchange on `conn` is over: to the oldest waiter or the pool if the reuse rules allow it."""
+        now = time.monotonic()
+        reason = conn.end(now)
+        if reason == "stray_bytes":
+            self._distrust()
+        elif not reason and (self.closed or self.clock() < self.distrusted_until):
             conn.close()
-            if reason:
-                self.on_close(reason)
-        self._wake_one()
+            reason = "" if self.closed else "distrusted"
+        if reason:
+            self.on_close(reason)
+        self.in_use -= 1
+        self._hand_over(None if conn.closed else conn)
 
-    def _wake_one(self) -> None:
+    def _hand_over(self, conn: Connection | None) -> None:
+        """A freed slot goes to the oldest waiter, with `conn` to reuse if there is one; else `conn` goes idle.
+        The slot is counted in use at once, so no request that arrives later can take it first."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                self.in_use += 1
+                waiter.set_result(conn)
                 return
+        if conn is not None:
+            self.idle.append(conn)
+
+    def _stray(self) -> None:
+        self.on_close("stray_bytes")
+        self._distrust()
+
+    def _distrust(self) -> None:
+        """The upstream sent bytes nobody asked for: it is not trusted with reuse for DISTRUST_SECONDS (issue
+        20: an unasked answer that arrives after the next request went out cannot be told from its answer,
+        so the only defence is not to send the next request on that upstream's used connections)."""
+        now = self.clock()
+        if now >= self.distrusted_until:
+            log.warning(
+                "upstream sent bytes nobody asked for: its connections are not reused for a while",
+                extra={"component": self.name, "seconds": DISTRUST_SECONDS},
+            )
+        self.distrusted_until = now + DISTRUST_SECONDS
+        for conn in self.idle:
+            if not conn.closed:
+                conn.close()
+                self.on_close("distrusted")
+        self.idle.clear()
 
     def close(self) -> None:
         """Close idle connections now, and the others when their requests finish."""

@@ -1,0 +1,143 @@
+"""The pool's own rules (gateway.http1.pool): who gets a released connection, and when reuse is withheld.
+
+A hostile upstream (tests/hostile.py) in the test's event loop; the pool's clock is injected, so the
+cool-down after stray bytes ends without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from hostile import HostileUpstream, Request, answer
+from test_upstream import exchange, head, markers, ours, settings, until, well_behaved
+
+from gateway.http1.pool import DISTRUST_SECONDS, Pool
+
+STRAY = b'{"stray": true}'
+
+
+def test_after_stray_bytes_the_component_gets_fresh_connections_until_the_cool_down_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 20: an unasked answer that arrives after the next request went out cannot be told from that
+    request's answer; once an upstream has been caught at it, its connections carry one request each, so it
+    cannot happen again during the cool-down."""
+    hostile = [True]
+    now = [1000.0]
+    closed: list[str] = []
+
+    async def script(request: Request) -> None:
+        stray = answer(request, body=STRAY) if hostile[0] and len(request.conn.requests) > 1 else b""
+        request.write(stray + answer(request))  # an unasked answer lands just ahead of the real one
+
+    async def main() -> HostileUpstream:
+        async with HostileUpstream(script) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port), closed.append, "zaken", lambda: now[0])
+            assert (await exchange(pool, "m0"))[2] == ours("m0")
+            assert (await exchange(pool, "m1"))[2] == STRAY  # the one wrong answer no HTTP/1.1 client avoids
+            await until(lambda: closed == ["stray_bytes"])  # the real answer came beyond it: caught
+            for i in range(2, 6):
+                assert (await exchange(pool, f"m{i}"))[2] == ours(f"m{i}")
+            assert closed == ["stray_bytes"] + ["distrusted"] * 4
+            now[0] += DISTRUST_SECONDS
+            hostile[0] = False
+            for i in range(6, 8):
+                assert (await exchange(pool, f"m{i}"))[2] == ours(f"m{i}")
+            pool.close()
+            return up
+
+    with caplog.at_level(logging.WARNING, logger="zgw_gateway"):
+        up = asyncio.run(main())
+    assert markers(up) == [["m0", "m1"], ["m2"], ["m3"], ["m4"], ["m5"], ["m6", "m7"]]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and getattr(warnings[0], "component", None) == "zaken"
+
+
+def test_a_stray_on_an_idle_connection_closes_the_other_idle_ones_too() -> None:
+    """Whatever waits idle when an upstream is caught may hold a stray of its own: it goes too."""
+    closed: list[str] = []
+    stray = asyncio.Event()
+
+    async def script(request: Request) -> None:
+        await request.body()
+        request.write(answer(request))
+        if request.marker == "a":
+            await stray.wait()
+            request.write(answer(request, body=STRAY))
+
+    async def main() -> None:
+        async with HostileUpstream(script) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port), closed.append)
+            await asyncio.gather(exchange(pool, "a"), exchange(pool, "b"))
+            assert len(pool.idle) == 2
+            stray.set()
+            await until(lambda: not pool.idle)
+            assert sorted(closed) == ["distrusted", "stray_bytes"]
+            assert (await exchange(pool, "c"))[2] == ours("c")
+            pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_released_connection_goes_to_the_oldest_waiter_not_to_a_newcomer() -> None:
+    async def main() -> HostileUpstream:
+        async with HostileUpstream(well_behaved) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
+            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
+            await held.read(100)
+            waiters = []
+            for name in ("w1", "w2", "w3"):
+                waiters.append(asyncio.create_task(exchange(pool, name)))
+                count = len(waiters)
+                await until(lambda: len(pool._waiters) == count)  # in line in this order
+            held.release()
+            # The newcomer asks before any waiter has run again: it must not take the connection.
+            assert (await exchange(pool, "new"))[2] == ours("new")
+            assert [r[2] for r in await asyncio.gather(*waiters)] == [ours(m) for m in ("w1", "w2", "w3")]
+            pool.close()
+            return up
+
+    assert markers(asyncio.run(main())) == [["held", "w1", "w2", "w3", "new"]]
+
+
+def test_a_slot_freed_by_a_closed_connection_goes_to_the_oldest_waiter_not_to_a_newcomer() -> None:
+    async def script(request: Request) -> None:
+        extra = b"Connection: close\r\n" if request.marker == "held" else b""
+        request.write(answer(request, extra=extra))
+
+    async def main() -> HostileUpstream:
+        async with HostileUpstream(script) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
+            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
+            await held.read(100)
+            waiter = asyncio.create_task(exchange(pool, "w1"))
+            await until(lambda: len(pool._waiters) == 1)
+            held.release()  # not reusable: its slot is free
+            assert (await exchange(pool, "new"))[2] == ours("new")
+            assert (await waiter)[2] == ours("w1")
+            pool.close()
+            return up
+
+    assert markers(asyncio.run(main())) == [["held"], ["w1", "new"]]
+
+
+def test_a_waiter_that_gives_up_after_its_turn_came_passes_the_connection_on() -> None:
+    async def main() -> None:
+        async with HostileUpstream(well_behaved) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
+            first = await pool.request("GET", head("first"), None, False, time.monotonic() + 5)
+            await first.read(100)
+            quitter = asyncio.create_task(pool.request("GET", head("quits"), None, False, time.monotonic() + 5))
+            await until(lambda: len(pool._waiters) == 1)
+            first.release()  # handed to the quitter, which is cancelled before it runs
+            quitter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await quitter
+            assert pool.in_use == 0 and len(pool.idle) == 1
+            assert (await exchange(pool, "next"))[2] == ours("next")
+            pool.close()
+
+    asyncio.run(main())
