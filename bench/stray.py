@@ -7,10 +7,12 @@ the gateway stops reusing the connections of an upstream it has caught sending s
 (gateway/http1/pool.py, `_distrust`), nginx keeps reusing them.
 
     uv run python bench/stray.py                 # 20 callers, 20 s per proxy, nginx then the gateway
+    uv run python bench/stray.py --fresh         # each request on a fresh caller connection
     uv run python bench/stray.py --seconds 5 --callers 10
 
-Each caller keeps one keep-alive connection to the proxy (a new one when the proxy closes it) and asks
-for a unique marker; the stub answers with the marker it read, so a caller knows a wrong answer. One stub
+Each caller keeps one keep-alive connection to the proxy (a new one when the proxy closes it), or with
+`--fresh` opens one per request (`Connection: close`), and asks for a unique marker; the stub answers
+with the marker it read, so a caller knows a wrong answer. One stub
 process listens on two ports, one per proxy, and counts the connections each proxy opened. Loopback only;
 every process is stopped by its process group when the run ends (bench/procs.py). Prints one JSON line.
 """
@@ -47,7 +49,7 @@ from procs import (
 
 PATH = b"/zaken/api/v1/zaken?m="
 MARKER = re.compile(rb'"marker": "([^"]*)"')
-LOAD_CPU, GATEWAY_CPU = 0, 1
+LOAD_CPU, PROXY_CPU = 0, 1
 
 
 # The stub upstream (`stray.py stub`): its own process, so it does not share the load's event loop.
@@ -114,7 +116,7 @@ class Answer:
         self.done = True
 
 
-async def caller(port: int, headers: bytes, name: str, until: float, tally: dict[str, int]) -> None:
+async def caller(port: int, headers: bytes, name: str, until: float, tally: dict[str, int], fresh: bool) -> None:
     n = 0
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
@@ -143,18 +145,18 @@ async def caller(port: int, headers: bytes, name: str, until: float, tally: dict
             tally["right"] += 1
         else:
             tally["wrong"] += 1
-        if not got.parser.should_keep_alive():
+        if fresh or not got.parser.should_keep_alive():
             writer.close()
             reader = writer = None
     if writer is not None:
         writer.close()
 
 
-async def load(port: int, headers: bytes, callers: int, seconds: float) -> dict[str, float]:
+async def load(port: int, headers: bytes, callers: int, seconds: float, fresh: bool) -> dict[str, float]:
     tally = {"right": 0, "wrong": 0, "errors": 0}
     started = time.monotonic()
     until = started + seconds
-    await asyncio.gather(*(caller(port, headers, f"c{i}", until, tally) for i in range(callers)))
+    await asyncio.gather(*(caller(port, headers, f"c{i}", until, tally, fresh) for i in range(callers)))
     elapsed = time.monotonic() - started
     return {**tally, "req_per_s": round((tally["right"] + tally["wrong"]) / elapsed)}
 
@@ -173,14 +175,17 @@ def closed_by_reason(metrics: bytes) -> dict[str, float]:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     ports = {"nginx": free_port(), "gateway": free_port()}
-    result: dict[str, object] = {"callers": args.callers, "seconds": args.seconds, "stray_rate": args.rate}
+    result: dict[str, object] = {
+        "callers": args.callers, "fresh": args.fresh, "seconds": args.seconds, "stray_rate": args.rate,
+    }  # fmt: skip
     with Processes(workdir) as procs:
         argv = [sys.executable, __file__, "stub", "--ports", f"{ports['nginx']},{ports['gateway']}"]
         up = procs.start("stub", [*argv, "--rate", str(args.rate), "--delay", str(args.delay)], LOAD_CPU)
         wait_port(ports["nginx"], up)
         nginx_port = free_port()
         conf = nginx_conf(workdir, nginx_port, ports["nginx"])
-        nginx = procs.start("nginx", ["nginx", "-p", str(workdir / "nginx"), "-c", str(conf)], LOAD_CPU)
+        # Both proxies on the same core, each measured alone (issue 23: equal placement).
+        nginx = procs.start("nginx", ["nginx", "-p", str(workdir / "nginx"), "-c", str(conf)], PROXY_CPU)
         wait_port(nginx_port, nginx)
         gw_port, admin = free_port(), free_port()
         key = secrets.token_urlsafe(24)
@@ -189,13 +194,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             admin,
             {"BENCH_API_KEY": key, "BENCH_SECRET": secrets.token_urlsafe(32)},
         )
-        gateway = procs.start("gateway", [str(GATEWAY_ENTRY), "serve"], GATEWAY_CPU, env, inherit_env=False)
+        gateway = procs.start("gateway", [str(GATEWAY_ENTRY), "serve"], PROXY_CPU, env, inherit_env=False)
         wait_http(admin, "/-/ready", gateway, timeout=60)
         for name, port, headers in (
             ("nginx", nginx_port, b""),
             ("gateway", gw_port, b"X-API-Key: %s\r\n" % key.encode()),
         ):
-            result[name] = asyncio.run(load(port, headers, args.callers, args.seconds))
+            headers += b"Connection: close\r\n" if args.fresh else b""
+            result[name] = asyncio.run(load(port, headers, args.callers, args.seconds, args.fresh))
         procs.stop(up)  # it prints what it counted as it stops
         opened = connections(workdir / "stub.log")
         for name in ports:
@@ -211,6 +217,7 @@ def main() -> None:
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "stub"])
     parser.add_argument("--callers", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--fresh", action="store_true", help="each request on a fresh caller connection")
     parser.add_argument("--rate", type=float, default=0.02, help="share of answers followed by a stray")
     parser.add_argument("--delay", type=float, default=0.02, help="seconds from an answer to its stray")
     parser.add_argument("--ports", default="", help="(stub) the two ports to listen on")
