@@ -101,6 +101,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     path = args.config or str(resources.files("gateway").joinpath("demo.yaml"))
     config = _load_or_exit(path)
+    sandbox_url = f"http://127.0.0.1:{args.sandbox_port}/"
+    if not any(c.upstream.startswith(sandbox_url) for c in config.components.values()):
+        print(
+            f"zgw-gateway: --sandbox-port {args.sandbox_port}: no component of {path} has its upstream at "
+            f"{sandbox_url}; give a --config whose upstreams point at the sandbox's port",
+            file=sys.stderr,
+        )
+        return 2
     logs.setup(config.log.level, "console")
     sandbox = create_sandbox_app({DEMO_CLIENT: os.environ["DEMO_ZGW_SECRET"]})
     app = create_app(config, config_path=path)

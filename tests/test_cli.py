@@ -245,3 +245,11 @@ def test_the_help_of_a_command_explains_the_config_file(command: str, capsys: py
     if command == "token":
         assert "--caller CALLER the caller's name (callers[].name in the config)" in text
         assert "--component COMPONENT a component of that caller (components.NAME), whose credentials sign" in text
+
+
+def test_demo_refuses_a_sandbox_port_no_component_points_at(capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox = free_port()
+    assert main(["demo", "--sandbox-port", str(sandbox)]) == 2
+    err = capsys.readouterr().err
+    assert f"--sandbox-port {sandbox}: no component of " in err
+    assert f"has its upstream at http://127.0.0.1:{sandbox}/; give a --config whose upstreams point at" in err
