@@ -70,14 +70,18 @@ def test_reason_labels_keep_the_values_dashboards_and_alerts_match() -> None:
     assert [str(a) for a in Abort] == ["body_too_large", "body_timeout", "upstream_reset", "client_gone"]
 
 
-def test_children_are_made_once_and_are_prometheus_clients_own() -> None:
+def test_children_are_made_once_and_read_as_prometheus_client_would() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     first = metrics.upstream_failures("zaken", "connect")
     assert metrics.upstream_failures("zaken", "connect") is first
     first.inc()
-    metrics.upstream_failures.metric.labels("zaken", "connect").inc(2)
+    metrics.upstream_failures("zaken", "connect").inc(2)
     assert registry.get_sample_value(f"{P}_upstream_failures_total", {"component": "zaken", "reason": "connect"}) == 3
+    with pytest.raises(ValueError, match="only goes up"):
+        first.inc(-1)
+    with pytest.raises(ValueError, match="2 label values expected"):
+        metrics.upstream_failures("zaken")
     duration = metrics.request_duration("legacy-dms", "zaken", "GET", "zaken")
     for value in (0.001, 0.0011, 0.3, 100.0):
         duration.observe(value)
