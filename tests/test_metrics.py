@@ -10,11 +10,11 @@ import shutil
 import subprocess
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from servers import metric_absent, metric_value
 
 from gateway.dataplane.failures import Abort
-from gateway.dataplane.metrics import FAILURE_REASONS, Metrics, forbidden_code, method_label
+from gateway.dataplane.metrics import FAILURE_REASONS, LATENCY_BUCKETS, Metrics, forbidden_code, method_label
 
 P = "zgw_gateway"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -70,14 +70,18 @@ def test_reason_labels_keep_the_values_dashboards_and_alerts_match() -> None:
     assert [str(a) for a in Abort] == ["body_too_large", "body_timeout", "upstream_reset", "client_gone"]
 
 
-def test_children_are_made_once_and_are_prometheus_clients_own() -> None:
+def test_children_are_made_once_and_read_as_prometheus_client_would() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     first = metrics.upstream_failures("zaken", "connect")
     assert metrics.upstream_failures("zaken", "connect") is first
     first.inc()
-    metrics.upstream_failures.metric.labels("zaken", "connect").inc(2)
+    metrics.upstream_failures("zaken", "connect").inc(2)
     assert registry.get_sample_value(f"{P}_upstream_failures_total", {"component": "zaken", "reason": "connect"}) == 3
+    with pytest.raises(ValueError, match="only goes up"):
+        first.inc(-1)
+    with pytest.raises(ValueError, match="2 label values expected"):
+        metrics.upstream_failures("zaken")
     duration = metrics.request_duration("legacy-dms", "zaken", "GET", "zaken")
     for value in (0.001, 0.0011, 0.3, 100.0):
         duration.observe(value)
@@ -150,3 +154,42 @@ def test_the_metric_helpers_fail_on_a_metric_or_label_that_does_not_exist() -> N
         metric_value(exposition, "zgw_gateway_things_total", default=0.0, code="a")
     with pytest.raises(AssertionError, match="no metric"):
         metric_absent(exposition, "zgw_gateway_thing_total")
+
+
+def test_the_series_read_as_prometheus_clients_own_collectors_would() -> None:
+    """The gateway keeps its series as floats (metrics.Labelled); what /metrics reads must be what prometheus_client's
+    own Counter, Gauge and Histogram give after the same updates: names, help, types, labels, buckets, values."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    metrics = Metrics(ours)
+    requests = Counter(f"{P}_requests", metrics.requests.documentation, metrics.requests.labelnames, registry=theirs)
+    in_flight = Gauge(
+        f"{P}_in_flight_requests", metrics.in_flight.documentation, metrics.in_flight.labelnames, registry=theirs
+    )
+    duration = Histogram(
+        f"{P}_request_duration_seconds",
+        metrics.request_duration.documentation,
+        metrics.request_duration.labelnames,
+        buckets=LATENCY_BUCKETS,
+        registry=theirs,
+    )
+    for mine, own in (
+        (metrics.requests, requests),
+        (metrics.in_flight, in_flight),
+        (metrics.request_duration, duration),
+    ):
+        assert mine.name == own._name
+    labels = ("bi", "zaken", "GET", "200", "zaken", "upstream")
+    for amount in (1, 2.5):
+        metrics.requests(*labels).inc(amount)
+        requests.labels(*labels).inc(amount)
+    for change in (3, -1):
+        metrics.in_flight("zaken").inc(change)
+        in_flight.labels("zaken").inc(change)
+    metrics.in_flight("catalogi").set(7)
+    in_flight.labels("catalogi").set(7)
+    for value in (0.0, 0.001, 0.0011, 0.3, 60.0, 61.0):
+        metrics.request_duration("bi", "zaken", "GET", "zaken").observe(value)
+        duration.labels("bi", "zaken", "GET", "zaken").observe(value)
+    exposed = {f.name: f for f in ours.collect()}
+    for family in theirs.collect():
+        assert exposed[family.name] == family

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config.loading import parse
-from gateway.dataplane.routing import RouteTable, is_safe_path
+from gateway.dataplane import routing
+from gateway.dataplane.routing import _RESOURCE_NAME, KNOWN_RESOURCES, RouteTable, is_safe_path
 
 UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 
@@ -184,6 +186,20 @@ def test_resource_is_a_bounded_label(path: bytes, resource: str) -> None:
     assert route.resource(path) == resource
 
 
+def test_without_a_resource_list_any_lower_case_name_is_a_resource() -> None:
+    route = TABLE.match(b"/zaken/api/v1")
+    assert route is not None
+    route = replace(route, resources=frozenset())
+    names = [b"schema", b"a_b-c/1", b"Zaken", UUID.encode(), b"123456", b"caf\xc3\xa9", b""]
+    resources = [route.resource(b"/zaken/api/v1/" + name) for name in names]
+    assert resources == ["schema", "a_b-c", "other", "other", "other", "other", "root"]
+
+
+def test_every_known_resource_is_a_resource_name() -> None:
+    """Route.resource looks a name up in KNOWN_RESOURCES without matching the pattern: every one must match it."""
+    assert all(_RESOURCE_NAME.fullmatch(name) for name in KNOWN_RESOURCES)
+
+
 def _normalized(path: bytes) -> bytes:
     """What a lenient upstream might make of a path: percent-decoded, backslashes as slashes, dots resolved."""
     decoded = unquote_to_bytes(path).replace(b"\\", b"/")
@@ -220,3 +236,16 @@ def test_the_property_test_would_notice_an_escape() -> None:
     for path in (b"/zaken/api/v1/..%2F..%2Fadmin", b"/zaken/api/v1/%2e%2e/%2e%2e/admin", b"/zaken/api/v1/..\\.."):
         assert not _normalized(b"/zaken/api/v1" + path[len(b"/zaken/api/v1") :]).startswith(b"/zaken/api/v1/")
         assert not is_safe_path(path)
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=path_bytes | st.binary(max_size=40).map(lambda tail: b"/" + tail))
+def test_the_plain_character_shortcut_decides_as_the_path_pattern_does(path: bytes) -> None:
+    """is_safe_path skips the pattern for paths of plain characters: it must never decide otherwise."""
+    by_pattern = (
+        path.startswith(b"/")
+        and b"//" not in path
+        and not routing._DOT_SEGMENT.search(path)
+        and routing._SAFE_PATH.fullmatch(path) is not None
+    )
+    assert is_safe_path(path) == by_pattern

@@ -72,7 +72,7 @@ def token_of(rt: Runtime, client: str) -> tuple[bytes, bool]:
     creds = caller.credentials["zaken"]
     secret = rt.secrets.get(creds.secret)
     assert secret is not None
-    minted, cached = rt.tokens.get((creds.client_id, rt.secrets.version(creds.secret), "", ""), secret)
+    minted, cached = rt.tokens.get((creds.client_id, rt.secrets.current(creds.secret)[1], "", ""), secret)
     return minted.header_value, cached
 
 

@@ -18,7 +18,7 @@ def test_an_env_reference_resolves() -> None:
     ref = SecretRef(env="ZGW_SECRET")
     store = SecretStore([ref], environ={"ZGW_SECRET": VALUE})
     assert store.get(ref) == VALUE
-    assert store.version(ref) == 1
+    assert store.current(ref)[1] == 1
     assert store.ready()
     assert store.problems() == []
 
@@ -50,13 +50,13 @@ def test_a_file_reference_resolves_without_its_trailing_newline(tmp_path: Path) 
     store = SecretStore([ref])
     assert store.get(ref) == VALUE
     assert store.poll().changed == []
-    assert store.version(ref) == 1
+    assert store.current(ref)[1] == 1
 
 
 def test_an_unknown_reference_is_none() -> None:
     store = SecretStore([])
     assert store.get(SecretRef(env="NOPE")) is None
-    assert store.version(SecretRef(env="NOPE")) == 0
+    assert store.current(SecretRef(env="NOPE"))[1] == 0
     assert store.ready()
 
 
@@ -80,18 +80,18 @@ def test_a_kubernetes_secret_update_is_seen_by_poll(tmp_path: Path) -> None:
     ref = SecretRef(file=mount / "key")
     store = SecretStore([ref])
     assert store.get(ref) == "first"
-    assert store.version(ref) == 1
+    assert store.current(ref)[1] == 1
     assert store.poll().changed == []
 
     _kubernetes_secret(mount, "..2026_01_02_00_00_00.2", "second")
     result = store.poll()
     assert result.changed == [ref] and result.failed == []
     assert store.get(ref) == "second"
-    assert store.version(ref) == 2
+    assert store.current(ref)[1] == 2
 
     _kubernetes_secret(mount, "..2026_01_03_00_00_00.3", "second")  # same value, new files
     assert store.poll().changed == []
-    assert store.version(ref) == 2
+    assert store.current(ref)[1] == 2
 
 
 def test_a_same_size_rewrite_in_place_is_seen(tmp_path: Path) -> None:

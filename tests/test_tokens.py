@@ -102,8 +102,8 @@ KEY: Key = ("dms-Xy12", 1, "u1", "Een")
 class Counting(TokenCache):
     """A cache that notes the client_id of every mint."""
 
-    def __init__(self, clock: ManualClock, minted: list[str] | None) -> None:
-        super().__init__(SETTINGS, clock)
+    def __init__(self, clock: ManualClock, minted: list[str] | None, maxsize: int = 10000) -> None:
+        super().__init__(SETTINGS, clock, maxsize)
         self.minted = minted
 
     def get(self, key: Key, secret: str) -> Any:
@@ -196,3 +196,21 @@ def test_the_cache_is_bounded() -> None:
     for i in range(50):
         cache.get(("dms", 1, str(i), ""), SECRET)
     assert len(cache) == 10
+
+
+def test_a_full_cache_drops_the_expired_then_the_least_recently_used() -> None:
+    clock = ManualClock(NOW)
+    minted: list[str] = []
+    cache = Counting(clock, minted, maxsize=3)
+    cache.get(("old", 1, "", ""), SECRET)
+    clock.now = NOW + 200
+    for client in ("a", "b"):
+        cache.get((client, 1, "", ""), SECRET)
+    clock.now = NOW + 280  # "old" is due, "a" and "b" are not
+    cache.get(("c", 1, "", ""), SECRET)  # room made by dropping "old" only
+    assert [cache.get((client, 1, "", ""), SECRET)[1] for client in ("a", "b", "c")] == [True, True, True]
+    cache.get(("a", 1, "", ""), SECRET)  # "b" is now the least recently used
+    cache.get(("d", 1, "", ""), SECRET)
+    assert cache.get(("a", 1, "", ""), SECRET)[1] is True
+    assert cache.get(("b", 1, "", ""), SECRET)[1] is False
+    assert minted == ["old", "a", "b", "c", "d", "b"]

@@ -54,10 +54,11 @@ class SecretStore:
         entry = self._entries.get(ref)
         return entry.value if entry else None
 
-    def version(self, ref: SecretRef) -> int:
-        """A number no other value of any reference has had in this process; part of the token cache key."""
+    def current(self, ref: SecretRef) -> tuple[str | None, int]:
+        """The value (as `get`) and its version: a number no other value of any reference has had in this
+        process, part of the token cache key; 0 for an unknown reference. One lookup: this runs per request."""
         entry = self._entries.get(ref)
-        return entry.version if entry else 0
+        return (entry.value, entry.version) if entry else (None, 0)
 
     def problems(self) -> list[str]:
         """One message per unreadable reference, naming the reference and never a value."""

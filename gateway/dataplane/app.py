@@ -146,11 +146,11 @@ class GatewayApp:
                 raise Refused(problems.BAD_USER, "User headers must be UTF-8, at most 255 chars.") from None
         rt = self.runtime
         creds = caller.credentials[route.name]
-        secret = rt.secrets.get(creds.secret)
+        secret, version = rt.secrets.current(creds.secret)
         if secret is None:
             self.metrics.mint_failures("secret_unavailable").inc()
             raise Refused(problems.CREDENTIALS_UNAVAILABLE, "Ask the operator to check the secret.")
-        key = (creds.client_id, rt.secrets.version(creds.secret), user_id, user_rep)
+        key = (creds.client_id, version, user_id, user_rep)
         minted, cached = rt.tokens.get(key, secret)
         self.metrics.token_cache("hit" if cached else "miss").inc()
         if not cached:
@@ -206,7 +206,7 @@ class GatewayApp:
         passed = fields.to_upstream(ex.raw_headers, snap.dropped_headers)
         if passed is None:
             raise Refused(problems.BAD_REQUEST, "A header name or value is malformed.")
-        if ex.trace_started:
+        if ex.trace_started and b"tracestate" in ex.headers:
             # W3C Trace Context 3.3: a tracestate without a valid traceparent belongs to no trace.
             passed = [(k, v) for k, v in passed if k != b"tracestate"]
         authorization, cached, refresh = token

@@ -156,8 +156,11 @@ class Exchange:
                 {"http.request.method": method, "zgw.component": component, "zgw.resource": resource,
                  "zgw.caller": caller, "zgw.request_id": self.request_id, "error.type": error or None},
             )  # fmt: skip
-        self.access(
-            {
+        if self.write_access:  # one dict: `access` would copy it into another
+            line: dict[str, Any] = {
+                "request_id": self.request_id,
+                "trace_id": self.trace_id,
+                "client": self.peer.ip,
                 "caller": caller,
                 "component": component,
                 "resource": resource,
@@ -173,9 +176,10 @@ class Exchange:
                 "error": error or None,
                 "detail": outcome.detail or None,
                 "retried": outcome.retried or None,
-                **({"headers": self.log_headers} if self.log_headers is not None else {}),
             }
-        )
+            if self.log_headers is not None:
+                line["headers"] = self.log_headers
+            logs.access(line)
 
 
 def instance(request_id: str) -> str:

@@ -20,6 +20,7 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 ACCESS_LOGGER = "zgw_gateway.access"
 FLUSH_SECONDS = 0.1
 FLUSH_BYTES = 64 * 1024
+_ACCESS_HEAD = f'"level":"info","logger":"{ACCESS_LOGGER}","msg":"request"'
 
 
 def _dumps(fields: dict[str, Any]) -> str:
@@ -87,8 +88,10 @@ class _AccessWriter:
     def write(self, fields: dict[str, Any]) -> None:
         now = time.time()
         if self.json:
-            head = {"time": _utc(now), "level": "info", "logger": ACCESS_LOGGER, "msg": "request"}
-            line = _dumps(head | fields)
+            # What `_dumps({"time": ..., "level": ..., "logger": ..., "msg": ...} | fields)` gives (no field
+            # is called one of those four), without building the merged dict.
+            rest = _dumps(fields)
+            line = f'{{"time":"{_utc(now)}",{_ACCESS_HEAD}' + ("," + rest[1:] if len(rest) > 2 else "}")
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(now))
             line = f"{stamp} INFO    {ACCESS_LOGGER}: request " + " ".join(f"{k}={v}" for k, v in fields.items())

@@ -4,16 +4,21 @@ Every label value comes from a bounded set: configured callers and components, r
 ZGW route templates (`routing.KNOWN_RESOURCES`, else 'other'), HTTP methods, status codes, and the fixed
 reason and code lists below. Never a path, an id, a user, a query string, a secret or a token.
 
-prometheus_client's `labels()` validates and takes a lock on every call; the request path instead asks
-`Labelled`, which keeps each child once made (bench/micro.py measures what a child costs per call).
+The labelled families are `Labelled`: series kept as plain floats, each made once, exposed through the
+registry as prometheus_client's own collectors would be (bench/micro.py measures what a child costs per call).
 """
 
 from __future__ import annotations
 
 import platform
-from typing import Generic, TypeVar
+from bisect import bisect_left
+from collections.abc import Callable
+from itertools import accumulate
+from typing import Any, ClassVar, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, Info, disable_created_metrics
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
 from gateway.config.sections import METHODS
@@ -32,22 +37,90 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 # Why a pooled upstream connection was closed instead of reused (connection.Connection.unusable).
 FAILURE_REASONS = tuple(Failure)
 
-M = TypeVar("M", Counter, Gauge, Histogram)
+
+class CounterValue:
+    """One counter series: a float. Only the event loop's thread touches metrics (both listeners serve on
+    it, server.py), so there is no lock; prometheus_client's children take one on every call."""
+
+    __slots__ = ("value",)
+    family: ClassVar[type[Metric]] = CounterMetricFamily
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+    def add_to(self, family: Any, values: tuple[str, ...]) -> None:
+        family.add_metric(values, self.value)
 
 
-class Labelled(Generic[M]):
-    """A labelled collector whose children are made once: `metric(*values)` is one dict lookup."""
+class GaugeValue(CounterValue):
+    __slots__ = ()
+    family = GaugeMetricFamily
 
-    __slots__ = ("_children", "metric")
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
 
-    def __init__(self, metric: M) -> None:
-        self.metric: M = metric
-        self._children: dict[tuple[str, ...], M] = {}
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
 
-    def __call__(self, *values: str) -> M:
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class HistogramValue:
+    """One histogram series: a count per bucket (not cumulative, as prometheus_client keeps them) and a sum."""
+
+    __slots__ = ("bounds", "counts", "le", "sum")
+    family: ClassVar[type[Metric]] = HistogramMetricFamily
+
+    def __init__(self, bounds: tuple[float, ...], le: list[str]) -> None:
+        self.bounds, self.le = bounds, le
+        self.counts = [0.0] * (len(bounds) + 1)  # the last: above every bound, +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        self.counts[bisect_left(self.bounds, amount)] += 1.0  # the first bucket with amount <= bound
+
+    def add_to(self, family: Any, values: tuple[str, ...]) -> None:
+        family.add_metric(values, list(zip(self.le, accumulate(self.counts), strict=True)), self.sum)
+
+
+def histogram(bounds: tuple[float, ...]) -> Callable[[], HistogramValue]:
+    """The series maker of a histogram with these bucket bounds (and +Inf)."""
+    le = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+    return lambda: HistogramValue(bounds, le)
+
+
+V = TypeVar("V", CounterValue, GaugeValue, HistogramValue)
+
+
+class Labelled(Generic[V]):
+    """A labelled metric family whose series are plain floats, each made once: `metric(*values)` is one dict
+    lookup. A collector in the registry: /metrics reads the same exposition prometheus_client's Counter,
+    Gauge and Histogram give (without `_created`, disabled above). prometheus_client's children (a lock,
+    checks and a chain of calls per update) were most of the metric work per request (bench/README.md,
+    "Instructions per proxied GET")."""
+
+    def __init__(
+        self, new: Callable[[], V], name: str, documentation: str, labelnames: list[str], *, registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._new: Callable[[], V] = new
+        self._family: type[Metric] = new().family
+        self._children: dict[tuple[str, ...], V] = {}
+        registry.register(self)
+
+    def __call__(self, *values: str) -> V:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self.metric.labels(*values)
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
+            child = self._children[values] = self._new()
         return child
 
     def forget(self, keep: set[str]) -> None:
@@ -55,7 +128,15 @@ class Labelled(Generic[M]):
         for values in list(self._children):
             if values[0] not in keep:
                 del self._children[values]
-                self.metric.remove(*values)
+
+    def describe(self) -> list[Metric]:
+        return [self._family(self.name, self.documentation, labels=self.labelnames)]  # type: ignore[call-arg]
+
+    def collect(self) -> list[Metric]:
+        family = self._family(self.name, self.documentation, labels=self.labelnames)  # type: ignore[call-arg]
+        for values, child in self._children.items():
+            child.add_to(family, values)
+        return [family]
 
 
 class Metrics:
@@ -64,117 +145,116 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = r = registry
         self.requests = Labelled(
-            Counter(
-                f"{PREFIX}_requests",
-                "Requests handled, by caller, component, method, status code, resource and who answered.",
-                ["caller", "component", "method", "code", "resource", "source"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_requests",
+            "Requests handled, by caller, component, method, status code, resource and who answered.",
+            ["caller", "component", "method", "code", "resource", "source"],
+            registry=r,
         )
         self.request_duration = Labelled(
-            Histogram(
-                f"{PREFIX}_request_duration_seconds",
-                "Time from request start to the last response byte, as the caller sees it.",
-                ["caller", "component", "method", "resource"],
-                buckets=LATENCY_BUCKETS,
-                registry=r,
-            )
+            histogram(LATENCY_BUCKETS),
+            f"{PREFIX}_request_duration_seconds",
+            "Time from request start to the last response byte, as the caller sees it.",
+            ["caller", "component", "method", "resource"],
+            registry=r,
         )
         self.upstream_duration = Labelled(
-            Histogram(
-                f"{PREFIX}_upstream_duration_seconds",
-                "Time from sending the request upstream until the upstream's response headers arrived.",
-                ["component"],
-                buckets=LATENCY_BUCKETS,
-                registry=r,
-            )
+            histogram(LATENCY_BUCKETS),
+            f"{PREFIX}_upstream_duration_seconds",
+            "Time from sending the request upstream until the upstream's response headers arrived.",
+            ["component"],
+            registry=r,
         )
         self.overhead = Labelled(
-            Histogram(
-                f"{PREFIX}_overhead_seconds",
-                "Time the gateway itself added before forwarding (identify, token, headers).",
-                ["component"],
-                buckets=OVERHEAD_BUCKETS,
-                registry=r,
-            )
+            histogram(OVERHEAD_BUCKETS),
+            f"{PREFIX}_overhead_seconds",
+            "Time the gateway itself added before forwarding (identify, token, headers).",
+            ["component"],
+            registry=r,
         )
         self.request_bytes = Labelled(
-            Counter(f"{PREFIX}_request_bytes", "Request body bytes received from callers.", ["caller", "component"],
-                    registry=r)
-        )  # fmt: skip
+            CounterValue,
+            f"{PREFIX}_request_bytes",
+            "Request body bytes received from callers.",
+            ["caller", "component"],
+            registry=r,
+        )
         self.response_bytes = Labelled(
-            Counter(f"{PREFIX}_response_bytes", "Response body bytes sent to callers.", ["caller", "component"],
-                    registry=r)
-        )  # fmt: skip
+            CounterValue,
+            f"{PREFIX}_response_bytes",
+            "Response body bytes sent to callers.",
+            ["caller", "component"],
+            registry=r,
+        )
         self.in_flight = Labelled(
-            Gauge(f"{PREFIX}_in_flight_requests", "Requests being handled right now.", ["component"], registry=r)
+            GaugeValue, f"{PREFIX}_in_flight_requests", "Requests being handled right now.", ["component"], registry=r
         )
         self.upstream_failures = Labelled(
-            Counter(
-                f"{PREFIX}_upstream_failures",
-                "Requests that got no usable upstream answer, by reason.",
-                ["component", "reason"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_upstream_failures",
+            "Requests that got no usable upstream answer, by reason.",
+            ["component", "reason"],
+            registry=r,
         )
         self.aborted = Labelled(
-            Counter(
-                f"{PREFIX}_aborted_requests",
-                f"Transfers cut mid-body, by reason ({', '.join(Abort)}).",
-                ["component", "reason"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_aborted_requests",
+            f"Transfers cut mid-body, by reason ({', '.join(Abort)}).",
+            ["component", "reason"],
+            registry=r,
         )
         self.retries = Labelled(
-            Counter(
-                f"{PREFIX}_upstream_retries",
-                "Requests sent upstream a second time, by reason.",
-                ["component", "reason"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_upstream_retries",
+            "Requests sent upstream a second time, by reason.",
+            ["component", "reason"],
+            registry=r,
         )
         self.connections_closed = Labelled(
-            Counter(
-                f"{PREFIX}_upstream_connections_closed",
-                "Upstream connections closed instead of reused, by reason (stray_bytes: the upstream sent "
-                "bytes nobody asked for; distrusted: reusable, but that upstream sent stray bytes within the last "
-                "60 s).",
-                ["component", "reason"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_upstream_connections_closed",
+            "Upstream connections closed instead of reused, by reason (stray_bytes: the upstream sent "
+            "bytes nobody asked for; distrusted: reusable, but that upstream sent stray bytes within the last "
+            "60 s).",
+            ["component", "reason"],
+            registry=r,
         )
         self.tokens_minted = Labelled(
-            Counter(f"{PREFIX}_tokens_minted", "ZGW JWTs minted.", ["caller", "component"], registry=r)
+            CounterValue, f"{PREFIX}_tokens_minted", "ZGW JWTs minted.", ["caller", "component"], registry=r
         )
         self.token_cache = Labelled(
-            Counter(f"{PREFIX}_token_cache_lookups", "Token cache lookups by result (hit, miss).", ["result"],
-                    registry=r)
-        )  # fmt: skip
+            CounterValue,
+            f"{PREFIX}_token_cache_lookups",
+            "Token cache lookups by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
         self.mint_failures = Labelled(
-            Counter(f"{PREFIX}_token_mint_failures", "Tokens that could not be minted, by reason.", ["reason"],
-                    registry=r)
-        )  # fmt: skip
+            CounterValue,
+            f"{PREFIX}_token_mint_failures",
+            "Tokens that could not be minted, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.upstream_forbidden = Labelled(
-            Counter(
-                f"{PREFIX}_upstream_forbidden",
-                "Upstream 403 answers by ZGW problem code (known codes, else 'other').",
-                ["component", "code"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_upstream_forbidden",
+            "Upstream 403 answers by ZGW problem code (known codes, else 'other').",
+            ["component", "code"],
+            registry=r,
         )
         self.crs_rejections = Labelled(
-            Counter(
-                f"{PREFIX}_crs_rejections",
-                "Upstream 412/406 answers on components with CRS headers.",
-                ["component", "code"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_crs_rejections",
+            "Upstream 412/406 answers on components with CRS headers.",
+            ["component", "code"],
+            registry=r,
         )
         self.config_reloads = Labelled(
-            Counter(f"{PREFIX}_config_reloads", "Config reloads by result.", ["result"], registry=r)
+            CounterValue, f"{PREFIX}_config_reloads", "Config reloads by result.", ["result"], registry=r
         )
         self.secret_reloads = Labelled(
-            Counter(f"{PREFIX}_secret_reloads", "Secret file re-reads by result.", ["result"], registry=r)
+            CounterValue, f"{PREFIX}_secret_reloads", "Secret file re-reads by result.", ["result"], registry=r
         )
         self.last_reload = Gauge(
             f"{PREFIX}_config_last_reload_success_timestamp_seconds",
@@ -182,30 +262,26 @@ class Metrics:
             registry=r,
         )
         self.circuit_state = Labelled(
-            Gauge(
-                f"{PREFIX}_circuit_state",
-                "Circuit breaker per component: 0 closed, 1 open, 2 half-open.",
-                ["component"],
-                registry=r,
-            )
+            GaugeValue,
+            f"{PREFIX}_circuit_state",
+            "Circuit breaker per component: 0 closed, 1 open, 2 half-open.",
+            ["component"],
+            registry=r,
         )
         self.notifications = Labelled(
-            Counter(
-                f"{PREFIX}_notifications",
-                "Requests on the notification endpoints, by caller, kanaal and outcome (forwarded, failed, probe, "
-                "unauthenticated, refused, invalid); their sum is what was received.",
-                ["caller", "kanaal", "outcome"],
-                registry=r,
-            )
+            CounterValue,
+            f"{PREFIX}_notifications",
+            "Requests on the notification endpoints, by caller, kanaal and outcome (forwarded, failed, probe, "
+            "unauthenticated, refused, invalid); their sum is what was received.",
+            ["caller", "kanaal", "outcome"],
+            registry=r,
         )
         self.notification_relay_duration = Labelled(
-            Histogram(
-                f"{PREFIX}_notification_relay_duration_seconds",
-                "Time from relaying a notification to the legacy receiver until its answer.",
-                ["caller", "kanaal"],
-                buckets=LATENCY_BUCKETS,
-                registry=r,
-            )
+            histogram(LATENCY_BUCKETS),
+            f"{PREFIX}_notification_relay_duration_seconds",
+            "Time from relaying a notification to the legacy receiver until its answer.",
+            ["caller", "kanaal"],
+            registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the gateway reports ready.", registry=r)
         Info(f"{PREFIX}_build", "Version of the gateway and of Python.", registry=r).info(

@@ -63,8 +63,8 @@ class Forward:
     on_retry: Callable[[str], None]
 
     def head(self) -> bytes:
-        lines = b"".join([b"%s: %s\r\n" % field for field in self.headers])
-        return b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method.encode(), self.target, lines)
+        fields = b"\r\n".join([b": ".join(field) for field in self.headers])  # never empty: Authorization
+        return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (self.method.encode(), self.target, fields)
 
 
 async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
@@ -167,12 +167,7 @@ async def _relay(fw: Forward, resp: Response, send: Send, outcome: Outcome, pref
     # The first piece is read before the answer starts: an answer whose body is broken from its first
     # byte (a bad chunk size, a reset) becomes the gateway's 502 instead of a cut connection.
     opening = prefix or await resp.read_chunk()
-    content_type = first(resp.headers, b"content-type")
-    if (
-        rewriter is not None
-        and is_json_content_type(content_type.decode("latin-1") if content_type else None)
-        and is_identity_encoded(resp.headers)  # compressed: left as it is
-    ):
+    if rewriter is not None and _rewritable(resp.headers):
         await _relay_rewritten(resp, send, outcome, headers, opening, rewriter)
         return
     outcome.status = resp.status
@@ -189,6 +184,13 @@ async def _relay(fw: Forward, resp: Response, send: Send, outcome: Outcome, pref
         raise UpstreamAborted from exc
     outcome.bytes_out += len(chunk)
     await send({"type": "http.response.body", "body": chunk})
+
+
+def _rewritable(headers: list[tuple[bytes, bytes]]) -> bool:
+    """JSON, not compressed (a compressed body is left as it is)."""
+    content_type = first(headers, b"content-type")
+    is_json = is_json_content_type(content_type.decode("latin-1") if content_type else None)
+    return is_json and is_identity_encoded(headers)
 
 
 async def _relay_rewritten(

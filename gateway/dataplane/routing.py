@@ -19,8 +19,10 @@ from gateway.http1.pool import Pool
 # encodings of '/', '\', '.', NUL and control bytes, which would change the path's meaning once decoded.
 _SEGMENT = rb"(?:[A-Za-z0-9\-._~!$&'()*+,=:@]|%(?![0-1][0-9A-Fa-f]|2[EeFf]|5[Cc]|7[Ff])[0-9A-Fa-f]{2})*"
 _SAFE_PATH = re.compile(rb"(?:/" + _SEGMENT + rb")*/?")
+# What _SEGMENT allows unencoded, and '/': a path of these alone is safe once '//' and dot segments are out.
+_PLAIN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@/"
 _DOT_SEGMENT = re.compile(rb"/\.{1,2}(?:/|$)")
-_RESOURCE = re.compile(r"^/([a-z_-]+)(?:/|$)")
+_RESOURCE_NAME = re.compile(r"[a-z_-]+")
 
 
 def is_safe_path(raw_path: bytes) -> bool:
@@ -29,6 +31,8 @@ def is_safe_path(raw_path: bytes) -> bool:
         return False
     if _DOT_SEGMENT.search(raw_path):
         return False
+    if not raw_path.translate(None, _PLAIN):  # plain characters and slashes only, the common case: checked in C
+        return True
     return _SAFE_PATH.fullmatch(raw_path) is not None
 
 
@@ -68,16 +72,15 @@ class Route:
         Bounded: a name that looks like an id, or any name not seen in this component's resource list,
         is folded into 'other' (ids and free text would make label sets unbounded).
         """
-        rest = raw_path[len(self.prefix) :].decode("ascii", "replace")
-        if rest in ("", "/"):
+        rest = raw_path[len(self.prefix) :]
+        if rest in (b"", b"/"):
             return "root"
-        m = _RESOURCE.match(rest)
-        if not m:
+        if rest[:1] != b"/":
             return "other"
-        name = m.group(1)
-        if self.resources and name not in self.resources:
-            return "other"
-        return name
+        name = rest[1:].partition(b"/")[0].decode("ascii", "replace")
+        if self.resources:  # every known name is a _RESOURCE_NAME: no pattern to match per request
+            return name if name in self.resources else "other"
+        return name if _RESOURCE_NAME.fullmatch(name) else "other"
 
 
 class RouteTable:
