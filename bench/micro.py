@@ -510,8 +510,12 @@ def main() -> int:
             print(
                 f"floor (medians of {args.rounds} rounds; p50 at 500 req/s minus direct's, p99; req/s, wrk -t1 -c50):"
             )
-            for name, f in floor(procs, 500, max(args.duration, 5), args.rounds).items():
+            figures = floor(procs, 500, max(args.duration, 5), args.rounds)
+            for name, f in figures.items():
                 print(f"  {name:16} added {f['added_ms']:5.2f} ms  p99 {f['p99_ms']:5.2f} ms  {f['rps']:7.0f} req/s")
+            share = figures["granian gateway"]["rps"] / figures["granian proxy"]["rps"]
+            verdict = "PASS" if share >= 0.5 else "FAIL"
+            print(f"  the gateway at {share:.2f} x its bare proxy's req/s (issue 23's target >= 0.5: {verdict})")
         if "client" in sections:
             port = free_port()
             upstream = procs.start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)], 0)
