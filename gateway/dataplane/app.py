@@ -71,7 +71,7 @@ class GatewayApp:
         if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
             rewriter, timeout = snap.rewriter, snap.config.limits.body_read_timeout
             return await self.inbox.handle(ex, snap.receivers, rewriter, timeout, receive, send)
-        admitted = None  # the route counted in flight; released once, before the answer, however it ends
+        admitted = False  # counted in flight from admission, body included; landed once, however it ends
         try:
             try:
                 route = ex.route = self.route(ex, snap)
@@ -82,15 +82,11 @@ class GatewayApp:
                 fw = self.plan(ex, snap, route, token, body)
                 self.allow(route, fw)
             except Refused as refusal:
-                if admitted is not None:
-                    self.runtime.land(admitted)
-                    admitted = None
                 return await ex.refuse(send, refusal)
-            admitted = None  # forward lands it before relaying the answer
             await self.forward(ex, route, fw, send)
         finally:
-            if admitted is not None:  # an exception or a cancellation (the caller went away)
-                self.runtime.land(admitted)
+            if admitted:
+                self.runtime.land(route)
 
     # 1. Limits and path hygiene, then the longest configured prefix picks the component.
     def route(self, ex: Exchange, snap: Snapshot) -> Route:
@@ -127,11 +123,11 @@ class GatewayApp:
 
     # 3. Admission: a fast 503 instead of a queue when too much is in flight. An admitted request counts
     # from here, while its body is read too (issue 20): `handle` lands it exactly once.
-    def admit(self, route: Route) -> Route:
+    def admit(self, route: Route) -> bool:
         if not self.runtime.take_off(route):
             self.metrics.upstream_failures(route.name, Failure.OVERLOADED).inc()
             raise Refused(problems.OVERLOADED, "Too many requests in flight.", retry_after=1)
-        return route
+        return True
 
     # 4. The token: the end user (fixed, or from headers when allowed), the credentials, the cached JWT.
     def token(
@@ -276,12 +272,9 @@ class GatewayApp:
     # 8. Forward and relay, then 9. record.
     async def forward(self, ex: Exchange, route: Route, fw: proxy.Forward, send: Send) -> None:
         outcome = ex.outcome
+        self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
         try:
-            try:
-                self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
-                await proxy.forward(fw, send, outcome)
-            finally:
-                self.runtime.land(route)  # when the relay has ended, however it ended
+            await proxy.forward(fw, send, outcome)
         except bodies.BodyError as exc:
             return await ex.refuse(send, self._body_failed(route, exc))
         except proxy.UpstreamAborted:

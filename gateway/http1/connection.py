@@ -64,6 +64,7 @@ CHUNK_LINE = 256
 # Writes within this many seconds share one time stamp (the first's): the stamps stay few on a fast upload.
 STAMP_GRAIN = 0.01
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # = SIOCOUTQ for a TCP socket on Linux
+_RDHUP: int = getattr(select, "POLLRDHUP", 0)  # the peer closed its side (Linux only)
 # The reasons a connection is not reused, strongest first: the one reported is the strongest that holds.
 VERDICTS = ("stray_bytes", "early_answer", "failed", "not_keep_alive")
 
@@ -162,9 +163,9 @@ class Connection(asyncio.Protocol):
         if self.fd < 0:
             return True
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN | select.POLLPRI | select.POLLRDHUP)
+        poller.register(self.fd, select.POLLIN | select.POLLPRI | _RDHUP)
         events = poller.poll(0)
-        if events and events[0][1] & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+        if events and events[0][1] & (_RDHUP | select.POLLHUP | select.POLLERR):
             self.close()  # the upstream closed it (keep-alive timeout): not stray bytes
         return not events
 
