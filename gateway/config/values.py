@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel, BeforeValidator
 
@@ -37,19 +37,22 @@ def a_reference(data: Any, hint: str) -> Any:
     return data
 
 
-def plain_url(v: str) -> str:
+def _absolute(v: str) -> SplitResult:
     parts = urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http:// or https:// URL")
+    return parts
+
+
+def plain_url(v: str) -> str:
+    parts = _absolute(v)
     if parts.username or parts.password or parts.fragment:
         raise ValueError("must not hold user info or a fragment (credentials go in api_key or basic)")
     return v
 
 
 def base_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http:// or https:// URL")
+    parts = _absolute(v)
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("must not hold a query, fragment or user info")
     return v.rstrip("/")
