@@ -14,7 +14,7 @@ import pytest
 from hostile import HostileUpstream, Request, answer
 from test_upstream import exchange, head, markers, ours, settings, until, well_behaved
 
-from gateway.http1.pool import DISTRUST_SECONDS, Pool
+from gateway.http1.pool import DISTRUST_SECONDS, Pool, UpstreamError
 
 STRAY = b'{"stray": true}'
 
@@ -141,3 +141,38 @@ def test_a_waiter_that_gives_up_after_its_turn_came_passes_the_connection_on() -
             pool.close()
 
     asyncio.run(main())
+
+
+def test_waiters_whose_time_is_up_or_who_leave_get_out_of_line_and_the_turn_goes_to_the_next() -> None:
+    """The line's own timer (pool.py `_wait_turn`): a waiter whose time is up answers `pool` and leaves the
+    line at once, one whose caller leaves (cancelled) leaves it too, and the released connection goes to the
+    next one still waiting; a time-up that comes after the turn was handed over changes nothing."""
+
+    async def main() -> HostileUpstream:
+        async with HostileUpstream(well_behaved) as up:
+            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
+            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
+            await held.read(100)
+            soon = time.monotonic() + 0.05
+            expires = asyncio.create_task(pool.request("GET", head("expires"), None, False, soon))
+            await until(lambda: len(pool._waiters) == 1)
+            leaves = asyncio.create_task(exchange(pool, "leaves"))
+            stays = asyncio.create_task(exchange(pool, "stays"))
+            await until(lambda: len(pool._waiters) == 3)
+            with pytest.raises(UpstreamError) as err:
+                await expires
+            assert (err.value.reason, err.value.sent) == ("pool", False)
+            assert len(pool._waiters) == 2
+            leaves.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaves
+            assert len(pool._waiters) == 1
+            turn = pool._waiters[0]
+            held.release()
+            pool._expire(turn)  # its time is up in the same loop iteration as its turn came: the turn stands
+            assert (await stays)[2] == ours("stays")
+            assert pool.in_use == 0 and not pool._waiters and len(pool.idle) == 1
+            pool.close()
+            return up
+
+    assert markers(asyncio.run(main())) == [["held", "stays"]]

@@ -25,6 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import Literal
 
 from gateway.config.sections import Component, UpstreamTLS
 from gateway.http1.connection import VERDICTS, Connection
@@ -147,7 +148,7 @@ class Pool:
         self.idle: list[Connection] = []
         self.in_use = 0
         self.closed = False
-        self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Connection | Literal[False] | None]] = collections.deque()
 
     async def request(
         self, method: str, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool, deadline: float
@@ -255,22 +256,38 @@ class Pool:
 
     async def _wait_turn(self, timeout: float) -> Connection | None:
         """In line (first come, first served) until a connection or a free slot is handed over (and counted
-        in use for this request): a connection to reuse, or None to open one."""
-        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        in use for this request): a connection to reuse, or None to open one.
+
+        The wait is bounded by one timer that hands the waiter False, not by `asyncio.timeout`: with more
+        callers than connections most requests wait here, and the timeout's context, its cancellation of the
+        task and the extra task step cost more than the rest of the wait (bench/README.md, "Many callers")."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Connection | Literal[False] | None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = loop.call_later(timeout, self._expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                return await waiter
-        except BaseException as exc:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            elif waiter.done() and not waiter.cancelled():
+            handed = await waiter
+        except BaseException:
+            if not waiter.done() or waiter.cancelled():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            elif (turn := waiter.result()) is not False:
                 # Its turn came, then it gave up: the connection or the slot goes to the next in line.
                 self.in_use -= 1
-                self._hand_over(waiter.result())
-            if isinstance(exc, TimeoutError):
-                raise UpstreamError("pool", sent=False) from None
+                self._hand_over(turn)
             raise
+        finally:
+            timer.cancel()
+        if handed is False:
+            raise UpstreamError("pool", sent=False)
+        return handed
+
+    def _expire(self, waiter: asyncio.Future[Connection | Literal[False] | None]) -> None:
+        """A waiter's time is up: out of the line (so a long stall does not pile up expired waiters)."""
+        if not waiter.done():
+            self._waiters.remove(waiter)
+            waiter.set_result(False)
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
