@@ -8,20 +8,26 @@ For nginx and for the gateway, each alone on the proxy CPU while it is measured:
 - then, after a warm-up at 1,000 connections, interleaved rounds (`--rounds`) of `wrk -t1 -c50` and
   `wrk -t1 -c1000` for `--duration` s each: req/s at 1,000 over req/s at 50 in the same round, p99, errors
   (answers other than 2xx/3xx, socket errors), and the connections the proxy opened to the upstream per
-  request it served (bench/upstream.py's counter, read before and after each run).
+  request it served (bench/upstream.py's counter, read before and after each run); and where the CPU went:
+  the proxy's CPU time per request (its process tree, /proc/<pid>/stat) and how idle the load CPU and the
+  proxy CPU were (/proc/stat). A proxy that alone sets the pace keeps its CPU busy and leaves the load CPU
+  idle time; its CPU per request at 50 over at 1,000 (`cpu_ratio`) is then the req/s ratio the machine
+  would show without other work on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import select
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from load import PAGE, Target, wrk
+from load import LOAD_CPU, PAGE, PROXY_CPU, Target, wrk
 from procs import RssSampler, http_get, tree_pids
 from streams import MB
 
@@ -36,12 +42,38 @@ def upstream_opened(upstream_port: int) -> int:
     return int(json.loads(body)["opened"])
 
 
-def counted_run(p: Target, upstream_port: int, duration: int, connections: int) -> dict[str, Any]:
-    """One wrk run, with the upstream connections the proxy opened during it."""
-    before = upstream_opened(upstream_port)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid`'s process tree (threads included), in seconds."""
+    ticks = 0
+    for child in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def idle_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU: (idle + iowait ticks, all ticks) since boot."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(v) for v in values]
+            out[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return out
+
+
+def counted_run(p: Target, pid: int, upstream_port: int, duration: int, connections: int) -> dict[str, Any]:
+    """One wrk run, with the upstream connections the proxy opened during it and where the CPU went."""
+    before, cpu, idle = upstream_opened(upstream_port), cpu_seconds(pid), idle_ticks()
     run = wrk(p, PAGE, duration, connections)
+    cpu, after = cpu_seconds(pid) - cpu, idle_ticks()
     run["upstream_opened"] = upstream_opened(upstream_port) - before
     run["opened_per_request"] = run["upstream_opened"] / max(1, run["requests"])
+    run["cpu_us_per_request"] = cpu * 1e6 / max(1, run["requests"])
+    for name, n in (("load", LOAD_CPU), ("proxy", PROXY_CPU)):
+        spent = after[n][1] - idle[n][1]
+        run[f"{name}_cpu_idle_pct"] = 100 * (after[n][0] - idle[n][0]) / max(1, spent)
     return run
 
 
@@ -120,12 +152,18 @@ def measure_conns(
               f"({idle['still_open']} of {MANY} open when measured); soft RLIMIT_NOFILE {limits}")  # fmt: skip
         wrk(p, PAGE, max(1, duration // 3), MANY)
     for r in range(rounds):
-        for name, (p, _) in proxies.items():
-            few = counted_run(p, upstream_port, duration, FEW)
-            many = counted_run(p, upstream_port, duration, MANY)
-            out[name]["rounds"].append({"few": few, "many": many, "ratio": many["rps"] / max(1.0, few["rps"])})
+        for name, (p, pid) in proxies.items():
+            few = counted_run(p, pid, upstream_port, duration, FEW)
+            many = counted_run(p, pid, upstream_port, duration, MANY)
+            cpu_ratio = few["cpu_us_per_request"] / max(1e-9, many["cpu_us_per_request"])
+            out[name]["rounds"].append(
+                {"few": few, "many": many, "ratio": many["rps"] / max(1.0, few["rps"]), "cpu_ratio": cpu_ratio}
+            )
             print(f"  round {r + 1}/{rounds} {name:8} {few['rps']:8.0f} req/s at {FEW}, {many['rps']:8.0f} at "
-                  f"{MANY} (x{many['rps'] / max(1.0, few['rps']):.2f}), p99 {many['p99_ms']:7.1f} ms, "
+                  f"{MANY} (x{many['rps'] / max(1.0, few['rps']):.2f}), p99 {many['p99_ms']:7.1f} ms, CPU "
+                  f"{few['cpu_us_per_request']:.0f} / {many['cpu_us_per_request']:.0f} us/request (x{cpu_ratio:.2f}), "
+                  f"idle load CPU {few['load_cpu_idle_pct']:.0f} / {many['load_cpu_idle_pct']:.0f} %, proxy CPU "
+                  f"{few['proxy_cpu_idle_pct']:.0f} / {many['proxy_cpu_idle_pct']:.0f} %, "
                   f"non-2xx {many['non_2xx']}, socket errors {many['socket_errors']}, upstream opened "
                   f"{few['upstream_opened']} + {many['upstream_opened']} for {few['requests'] + many['requests']} "
                   "requests")  # fmt: skip
@@ -141,8 +179,15 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     by_callers = {str(n): [r[k] for r in rounds] for n, k in ((FEW, "few"), (MANY, "many"))}
     return {
         "ratio_median": statistics.median(r["ratio"] for r in rounds),
+        "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in rounds),
         "rps_median": {n: statistics.median(x["rps"] for x in xs) for n, xs in by_callers.items()},
         "p99_ms_median": {n: statistics.median(x["p99_ms"] for x in xs) for n, xs in by_callers.items()},
+        "cpu_us_per_request_median": {
+            n: statistics.median(x["cpu_us_per_request"] for x in xs) for n, xs in by_callers.items()
+        },
+        "load_cpu_idle_pct_median": {
+            n: statistics.median(x["load_cpu_idle_pct"] for x in xs) for n, xs in by_callers.items()
+        },
         "non_2xx": sum(run["non_2xx"] for run in runs),
         "socket_errors": sum(run["socket_errors"] for run in runs),
         "opened_per_request_max": max(run["opened_per_request"] for run in runs),

@@ -51,6 +51,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "tokens_minted": result.get("burst", {}).get("tokens_minted"),
         "rewriting_vs_plain": ratio(rewrite.get("rewriting"), rewrite.get("plain")),
         "conns_1000_vs_50": {name: c["ratio_median"] for name, c in conns.items()},
+        "conns_cpu_per_request_50_vs_1000": {name: c["cpu_ratio_median"] for name, c in conns.items()},
         "conns_opened_per_request_max": {name: c["opened_per_request_max"] for name, c in conns.items()},
         "conns_idle_kb_per_connection": {name: c["idle"]["kb_per_connection"] for name, c in conns.items()},
         "access_lines": run.get("stdout_lines", {}).get("access"),
@@ -127,9 +128,13 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
 def print_conns(conns: dict[str, Any]) -> None:
     if not conns:
         return
-    print("\n1,000 callers  req/s at 50 / 1,000   x    p99 ms   non-2xx  sock.err  opened/req (max)  KB/idle conn")
+    print("\n1,000 callers  req/s at 50 / 1,000   x    p99 ms   non-2xx  sock.err  opened/req (max)  KB/idle conn"
+          "  CPU us/req at 50 / 1,000   x  load CPU idle %")  # fmt: skip
     for name, c in conns.items():
         rps, p99 = c["rps_median"], c["p99_ms_median"]
+        cpu, idle = c["cpu_us_per_request_median"], c["load_cpu_idle_pct_median"]
         print(f"{name:8} {rps['50']:13.0f} / {rps['1000']:7.0f} {c['ratio_median']:5.2f} {p99['1000']:9.1f}"
               f" {c['non_2xx']:9d} {c['socket_errors']:9d} {c['opened_per_request_max']:17.4f}"
-              f" {c['idle']['kb_per_connection']:13.1f}")  # fmt: skip
+              f" {c['idle']['kb_per_connection']:13.1f} {cpu['50']:17.1f} / {cpu['1000']:5.1f}"
+              f" {c['cpu_ratio_median']:5.2f}"
+              f" {idle['50']:6.0f} / {idle['1000']:3.0f}")  # fmt: skip
