@@ -259,8 +259,9 @@ class Pool:
         in use for this request): a connection to reuse, or None to open one.
 
         The wait is bounded by one timer that hands the waiter False, not by `asyncio.timeout`: with more
-        callers than connections most requests wait here, and the timeout's context, its cancellation of the
-        task and the extra task step cost more than the rest of the wait (bench/README.md, "Many callers")."""
+        callers than connections most requests wait here, and the timeout's context manager (its object, its
+        rescheduling, its checks on exit) cost as much as the rest of an acquire and release together
+        (bench/waiting.py; bench/README.md, "Many callers")."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Connection | Literal[False] | None] = loop.create_future()
         self._waiters.append(waiter)
