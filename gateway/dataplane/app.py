@@ -162,6 +162,8 @@ class GatewayApp:
 
     # 5. The body: refused when too large before any upstream I/O; small bodies are read (replayable).
     async def body(self, ex: Exchange, snap: Snapshot, route: Route, receive: Receive) -> Body:
+        if not bodies.present(ex.headers):  # most ZGW requests are GETs: nothing to read or count
+            return bodies.NONE
         comp = route.component
 
         def counted(n: int) -> None:
