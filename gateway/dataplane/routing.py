@@ -51,15 +51,22 @@ class Route:
     resources: frozenset[str] = field(default_factory=frozenset)
     pool: Pool = field(init=False)  # set by runtime.Runtime, which keeps pools across reloads
     # Precomputed for the hot path: the Host header sent upstream (the server builds its URLs from it:
-    # docs/zgw.md, "Absolute URLs"), X-Forwarded-Host, the CRS value.
+    # docs/zgw.md, "Absolute URLs"), X-Forwarded-Host, the CRS value; and the settings a request reads,
+    # as plain attributes (a pydantic model's attribute read costs several times as much, issue 23).
     host_header: bytes = b""
     public_host_header: bytes = b""
     crs: bytes | None = None
+    rewrite_urls: bool = False
+    total_timeout: float = 0.0
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
-        self.host_header = (self.upstream_host if self.component.host == "upstream" else self.public_host).encode()
+        comp = self.component
+        self.host_header = (self.upstream_host if comp.host == "upstream" else self.public_host).encode()
         self.public_host_header = self.public_host.encode()
-        self.crs = self.component.crs.encode() if self.component.crs else None
+        self.crs = comp.crs.encode() if comp.crs else None
+        self.rewrite_urls, self.total_timeout = comp.rewrite_urls, comp.timeouts.total
+        self.max_in_flight = comp.max_in_flight
 
     def upstream_target(self, raw_path: bytes, query: bytes) -> bytes:
         """The upstream request target (path and query) for a matched raw path and raw query string."""
