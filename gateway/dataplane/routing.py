@@ -27,9 +27,10 @@ _RESOURCE_NAME = re.compile(r"[a-z_-]+")
 
 def is_safe_path(raw_path: bytes) -> bool:
     """True when the raw path has no tricks: no empty, dot or encoded-slash segments."""
-    if not raw_path.startswith(b"/") or b"//" in raw_path:
+    # find, not `in`: `b"//" in path` first tries b"//" as an integer and formats a TypeError (issue 23).
+    if not raw_path.startswith(b"/") or raw_path.find(b"//") >= 0:
         return False
-    if _DOT_SEGMENT.search(raw_path):
+    if raw_path.find(b"/.") >= 0 and _DOT_SEGMENT.search(raw_path):
         return False
     if not raw_path.translate(None, _PLAIN):  # plain characters and slashes only, the common case: checked in C
         return True
