@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -66,9 +67,9 @@ class Caller:
     config: CallerConfig | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """The client as the gateway sees it: the address it acts for and whether the socket peer is trusted."""
+class Peer(NamedTuple):
+    """The client as the gateway sees it: the address it acts for and whether the socket peer is trusted. A
+    tuple: made per request, and a frozen dataclass's __init__ costs several times as much (issue 23)."""
 
     ip: str
     trusted: bool
