@@ -233,3 +233,13 @@ def test_the_rate_limiter_allows_a_burst_then_the_rate() -> None:
     clock.now += 100
     assert [limiter.take() for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # refills up to burst, not beyond
     assert limiter.take() > 0
+
+
+def test_only_keys_that_matched_are_remembered_one_entry_each() -> None:
+    d = directory()
+    for i in range(100):
+        assert d.identify({b"x-api-key": b"guess-%d" % i}, Peer("192.0.2.1", False)) is None
+    for _ in range(3):
+        found = d.identify({b"x-api-key": DMS_KEY.encode()}, Peer("192.0.2.1", False))
+        assert found is not None and found.name == "dms"
+    assert list(d._matched) == [DMS_KEY.encode()]

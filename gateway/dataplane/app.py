@@ -66,11 +66,9 @@ class GatewayApp:
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         snap = self.runtime.snapshot  # one config from start to end, whatever a reload does meanwhile
-        log = snap.config.log
-        ex = Exchange(scope, snap.callers, self.metrics, self.tracer, log.access, snap.log_headers)
+        ex = Exchange(scope, snap.callers, self.metrics, self.tracer, snap.access_log, snap.log_headers)
         if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
-            rewriter, timeout = snap.rewriter, snap.config.limits.body_read_timeout
-            return await self.inbox.handle(ex, snap.receivers, rewriter, timeout, receive, send)
+            return await self.inbox.handle(ex, snap.receivers, snap.rewriter, snap.body_read_timeout, receive, send)
         admitted = False  # counted in flight from admission, body included; landed once, however it ends
         try:
             try:
@@ -90,7 +88,7 @@ class GatewayApp:
 
     # 1. Limits and path hygiene, then the longest configured prefix picks the component.
     def route(self, ex: Exchange, snap: Snapshot) -> Route:
-        limit = snap.config.limits.max_header_bytes
+        limit = snap.max_header_bytes
         # The head is the request line and the header fields (issue 20): a target alone over the limit is
         # 414 (RFC 9110 15.5.15, the caller must shorten the URI); a head over it is 431 (RFC 6585 5).
         target = len(ex.raw_path) + (len(ex.query) + 1 if ex.query else 0)
@@ -162,6 +160,8 @@ class GatewayApp:
 
     # 5. The body: refused when too large before any upstream I/O; small bodies are read (replayable).
     async def body(self, ex: Exchange, snap: Snapshot, route: Route, receive: Receive) -> Body:
+        if not bodies.present(ex.headers):  # most ZGW requests are GETs: nothing to read or count
+            return bodies.NONE
         comp = route.component
 
         def counted(n: int) -> None:
@@ -174,8 +174,8 @@ class GatewayApp:
                 ex.raw_headers,
                 receive,
                 comp.max_body_bytes,
-                snap.config.limits.body_read_timeout,
-                snap.rewriter if comp.rewrite_urls else None,
+                snap.body_read_timeout,
+                snap.rewriter if route.rewrite_urls else None,
                 counted,
             )
         except Refused as refusal:
@@ -207,7 +207,7 @@ class GatewayApp:
             passed = [(k, v) for k, v in passed if k != b"tracestate"]
         authorization, cached, refresh = token
         up = [(b"authorization", authorization), *passed, *self._owned(ex, route), *body.framing(ex.method)]
-        rewriter = snap.rewriter if route.component.rewrite_urls else None
+        rewriter = snap.rewriter if route.rewrite_urls else None
         query = ex.query
         if rewriter is not None:
             # Links in compressed bodies cannot be rewritten: ask the upstream for plain bytes.
@@ -224,12 +224,12 @@ class GatewayApp:
             headers=up,
             body=body.data,
             chunked=body.chunked,
-            total_timeout=route.component.timeouts.total,
+            total_timeout=route.total_timeout,
             extra_response_headers=[(b"x-request-id", ex.request_id.encode())],
             rewriter=rewriter,
             refresh_token=refresh,
             token_cached=cached,
-            retry_enabled=snap.config.retry.enabled,
+            retry_enabled=snap.retry_enabled,
             on_retry=lambda reason: self.metrics.retries(route_name, reason).inc(),
         )
 

@@ -74,6 +74,14 @@ class Body:
         return self.length is None and self.data is not None and not isinstance(self.data, bytes)
 
 
+NONE = Body(None, None)
+
+
+def present(headers: dict[bytes, bytes]) -> bool:
+    """Does the request have a body? Only Content-Length or Transfer-Encoding says so (RFC 9112 section 6.3)."""
+    return b"content-length" in headers or b"transfer-encoding" in headers
+
+
 async def prepare(
     method: str,
     headers: dict[bytes, bytes],
@@ -95,7 +103,7 @@ async def prepare(
         if length > max_bytes:
             raise Refused(problems.BODY_TOO_LARGE, f"At most {max_bytes} bytes.")
     elif b"transfer-encoding" not in headers:
-        return Body(None, None)
+        return NONE
     rewrite = rewriter is not None and method in WITH_BODY and _plain_json(headers, raw_headers)
     if length is not None and (length <= BUFFER_LIMIT or (rewrite and length <= REWRITE_BUFFER_LIMIT)):
         data = await read(receive, max_bytes, timeout) if length else b""

@@ -4,7 +4,8 @@ Forwarded information (X-Forwarded-For, the certificate subject header) counts o
 is one of `trusted_proxies`; from anyone else it is ignored, so it cannot change who the caller is.
 API keys are looked up by their SHA-256 digest, never by the key itself: what the lookup's timing could tell
 is about digests, which say nothing about any key (preimage resistance). The config may hold the digest
-instead of the key.
+instead of the key. A key that matched is remembered as presented, so its next request skips the digest
+(issue 23); only matched keys, so at most one entry per configured key whatever callers send.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -65,9 +67,9 @@ class Caller:
     config: CallerConfig | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """The client as the gateway sees it: the address it acts for and whether the socket peer is trusted."""
+class Peer(NamedTuple):
+    """The client as the gateway sees it: the address it acts for and whether the socket peer is trusted. A
+    tuple: made per request, and a frozen dataclass's __init__ costs several times as much (issue 23)."""
 
     ip: str
     trusted: bool
@@ -89,6 +91,7 @@ class CallerDirectory:
         self._by_ip: LRUCache[str, Caller | None] = LRUCache(maxsize=4096)
         self._trusted_ip: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._keys: dict[bytes, Caller] = {}
+        self._matched: dict[bytes, Caller] = {}
         for c in config.callers:
             default = Credentials(client_id=c.client_id, secret=c.secret)
             creds = {name: c.credentials.get(name, default) for name in c.components}
@@ -133,6 +136,7 @@ class CallerDirectory:
                     continue
                 keys[digest] = caller
         self._keys = keys
+        self._matched = {}  # a rotated or removed key must stop working at once
         return problems
 
     def peer(self, client: tuple[str, int] | None, forwarded_for: bytes | None) -> Peer:
@@ -160,12 +164,22 @@ class CallerDirectory:
                 if key is None:
                     return None
         if key is not None:
-            return self._keys.get(hashlib.sha256(key).digest())
+            return self._by_key(key)
         if peer.trusted:
             subject = headers.get(self._cert_header)
             if subject is not None:
                 return self._by_subject.get(subject.decode("latin-1"))
         return self._by_network(peer.ip)
+
+    def _by_key(self, key: bytes) -> Caller | None:
+        # A dict compares a presented key with a stored one only when their 64-bit hashes, keyed per process
+        # (PEP 456), are equal: the lookup's timing tells nothing about a stored key's bytes.
+        caller = self._matched.get(key)
+        if caller is None:
+            caller = self._keys.get(hashlib.sha256(key).digest())
+            if caller is not None and len(self._matched) < len(self._keys):
+                self._matched[key] = caller
+        return caller
 
     def _by_network(self, ip: str) -> Caller | None:
         try:

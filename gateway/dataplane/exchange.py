@@ -15,7 +15,6 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.dataplane import logs, problems
@@ -34,19 +33,25 @@ _HEX_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _ID_SEGMENT = re.compile(r"/(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\d+)(?=/|$)")
 
 
-@dataclass(slots=True)
 class Outcome:
-    """What happened upstream, for the metrics and the access log."""
+    """What happened upstream, for the metrics and the access log. A plain class: compiled with mypyc, a
+    dataclass's __init__ stays the interpreted one the dataclasses module writes (issue 23)."""
 
-    status: int = 0
-    upstream_status: int = 0
-    bytes_out: int = 0
-    upstream_seconds: float = 0.0
-    error: str = ""  # a reason from metrics.FAILURE_REASONS, or an abort reason
-    problem: problems.Problem | None = None
-    detail: str = ""
-    forbidden_code: str = ""
-    retried: str = ""
+    __slots__ = (
+        "bytes_out", "detail", "error", "forbidden_code", "problem", "retried", "status", "upstream_seconds",
+        "upstream_status",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.upstream_status = 0
+        self.bytes_out = 0
+        self.upstream_seconds = 0.0
+        self.error = ""  # a reason from metrics.FAILURE_REASONS, or an abort reason
+        self.problem: problems.Problem | None = None
+        self.detail = ""
+        self.forbidden_code = ""
+        self.retried = ""
 
 
 class Exchange:

@@ -7,6 +7,7 @@ header names - every `Connection` header counts, not only the last.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 # RFC 9110 section 7.6.1 hop-by-hop fields, plus h2c upgrade fields that must never reach an upstream.
@@ -30,6 +31,10 @@ ALWAYS_DROPPED = (
     )
     | HOP_BY_HOP
 )  # fmt: skip
+
+
+# What no field value may carry upstream: NUL, CR and LF (RFC 9110 section 5.5), and any byte that is not ASCII.
+_BAD_VALUE = re.compile(rb"[\x00\n\r\x80-\xff]")
 
 
 def values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
@@ -63,9 +68,10 @@ def to_upstream(raw: list[tuple[bytes, bytes]], dropped: frozenset[bytes]) -> li
     for name, value in raw:
         if name in dropped:
             continue
-        if b"_" in name:
+        # find, not `in`: `b"_" in name` first tries b"_" as an integer and formats a TypeError (issue 23).
+        if name.find(b"_") >= 0:
             continue  # nginx's default: underscores can collide with '-' in CGI-style header maps
-        if not value.isascii() or b"\r" in value or b"\n" in value or b"\x00" in value:
+        if _BAD_VALUE.search(value):
             return None
         out.append((name, value))
     return out

@@ -27,9 +27,10 @@ _RESOURCE_NAME = re.compile(r"[a-z_-]+")
 
 def is_safe_path(raw_path: bytes) -> bool:
     """True when the raw path has no tricks: no empty, dot or encoded-slash segments."""
-    if not raw_path.startswith(b"/") or b"//" in raw_path:
+    # find, not `in`: `b"//" in path` first tries b"//" as an integer and formats a TypeError (issue 23).
+    if not raw_path.startswith(b"/") or raw_path.find(b"//") >= 0:
         return False
-    if _DOT_SEGMENT.search(raw_path):
+    if raw_path.find(b"/.") >= 0 and _DOT_SEGMENT.search(raw_path):
         return False
     if not raw_path.translate(None, _PLAIN):  # plain characters and slashes only, the common case: checked in C
         return True
@@ -51,15 +52,22 @@ class Route:
     resources: frozenset[str] = field(default_factory=frozenset)
     pool: Pool = field(init=False)  # set by runtime.Runtime, which keeps pools across reloads
     # Precomputed for the hot path: the Host header sent upstream (the server builds its URLs from it:
-    # docs/zgw.md, "Absolute URLs"), X-Forwarded-Host, the CRS value.
+    # docs/zgw.md, "Absolute URLs"), X-Forwarded-Host, the CRS value; and the settings a request reads,
+    # as plain attributes (a pydantic model's attribute read costs several times as much, issue 23).
     host_header: bytes = b""
     public_host_header: bytes = b""
     crs: bytes | None = None
+    rewrite_urls: bool = False
+    total_timeout: float = 0.0
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
-        self.host_header = (self.upstream_host if self.component.host == "upstream" else self.public_host).encode()
+        comp = self.component
+        self.host_header = (self.upstream_host if comp.host == "upstream" else self.public_host).encode()
         self.public_host_header = self.public_host.encode()
-        self.crs = self.component.crs.encode() if self.component.crs else None
+        self.crs = comp.crs.encode() if comp.crs else None
+        self.rewrite_urls, self.total_timeout = comp.rewrite_urls, comp.timeouts.total
+        self.max_in_flight = comp.max_in_flight
 
     def upstream_target(self, raw_path: bytes, query: bytes) -> bytes:
         """The upstream request target (path and query) for a matched raw path and raw query string."""

@@ -59,6 +59,11 @@ class Snapshot:
             self.user_rep_header,
         }
         self.log_headers = [h.encode() for h in config.log.headers]
+        # What every request reads, as plain attributes rather than pydantic reads (issue 23).
+        limits = config.limits
+        self.max_header_bytes, self.max_in_flight = limits.max_header_bytes, limits.max_in_flight
+        self.body_read_timeout = limits.body_read_timeout
+        self.access_log, self.retry_enabled = config.log.access, config.retry.enabled
         # RFC 9110 11.6.1: a 401 names the schemes that work. The API key goes as the Basic password (any
         # user name) or in its own header; "ApiKey" is not a registered scheme, its `header` names that one.
         self.challenges = (
@@ -184,10 +189,7 @@ class Runtime:
         """Count one more request in flight to `route`'s component if there is room, to it and in all; False
         when there is none. Check and count are one step, so concurrent requests cannot all pass the check
         before any of them counts. `land` when it is over, always."""
-        if (
-            self.total_in_flight >= self.snapshot.config.limits.max_in_flight
-            or self.in_flight[route.name] >= route.component.max_in_flight
-        ):
+        if self.total_in_flight >= self.snapshot.max_in_flight or self.in_flight[route.name] >= route.max_in_flight:
             return False
         self.in_flight[route.name] += 1
         self.total_in_flight += 1
