@@ -26,8 +26,6 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
 
-from mypy_extensions import mypyc_attr
-
 from gateway.config.sections import Component, UpstreamTLS
 from gateway.http1.connection import VERDICTS, Connection
 
@@ -70,9 +68,6 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-# Compiled (issue 23), a class takes Python subclasses only when it says so: bench/micro.py's in-memory
-# gateway answers from a Pool and Response of its own, without sockets.
-@mypyc_attr(allow_interpreted_subclasses=True)
 class Response:
     """An upstream answer whose body is read as it arrives. Call `release()` when done, always."""
 
@@ -128,7 +123,6 @@ class Response:
             self._pool.release(self._conn)
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)
 class Pool:
     """Keep-alive connections to one origin: at most `max_connections` at once, waiting for one bounded in time."""
 
