@@ -12,16 +12,20 @@
 # so the image works with a read-only root filesystem.
 #
 # Build arguments:
-#   BASE_IMAGE  the Python >= 3.11 base for both stages; pin it by digest in your registry mirror,
-#               e.g. --build-arg BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>
-#   UV_VERSION  the uv used only to turn uv.lock into a pinned requirements list
+#   BASE_IMAGE     the Python >= 3.11 base of the image that runs; pin it by digest in your registry
+#                  mirror, e.g. --build-arg BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>
+#   BUILDER_IMAGE  the build stage's base: the same CPython as BASE_IMAGE plus a C compiler and Python's
+#                  headers, for the mypyc-compiled request path (issue 23); the image itself has no compiler
+#   UV_VERSION     the uv used only to turn uv.lock into a pinned requirements list
 #
-# Offline builds: put wheels for every locked dependency (plus uv, hatchling and its dependencies) in
-# ./wheels and pass --build-arg PIP_NO_INDEX=1 --network none; scripts/check-image does exactly that.
+# Offline builds: put wheels for every locked dependency (plus uv, hatchling, and the compiled build's
+# hatch-mypyc, mypy, setuptools and stubs: pyproject.toml's mypyc hook) in ./wheels and pass
+# --build-arg PIP_NO_INDEX=1 --network none; scripts/check-image does exactly that.
 
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+ARG BUILDER_IMAGE=python:3.11.14-bookworm
 
-FROM ${BASE_IMAGE} AS builder
+FROM ${BUILDER_IMAGE} AS builder
 
 ARG UV_VERSION=0.13.9
 ARG PIP_NO_INDEX=
@@ -47,7 +51,8 @@ RUN /opt/uv/bin/uv export --frozen --no-dev --no-hashes --no-emit-project --outp
 
 COPY README.md ./
 COPY gateway/ ./gateway/
-RUN /opt/zgw-gateway/bin/pip install --no-deps . \
+# HATCH_BUILD_HOOKS_ENABLE: the wheel with the request path compiled by mypyc (pyproject.toml's hook).
+RUN HATCH_BUILD_HOOKS_ENABLE=1 /opt/zgw-gateway/bin/pip install --no-deps . \
     && /opt/zgw-gateway/bin/zgw-gateway --help > /dev/null
 
 

@@ -40,6 +40,7 @@ from procs import (
     log_tail,
     nginx_conf,
     raise_nofile,
+    select_build,
     stop_on_signals,
     wait_http,
     wait_port,
@@ -337,6 +338,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=1000, help="concurrent first requests")
     parser.add_argument("--no-gateway", action="store_true", help="measure direct and nginx only")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
+    parser.add_argument("--interpreted", action="store_true", help="the gateway from source, not compiled")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.latency_duration, args.stream_mib, args.concurrent_mib = 1, 3, 3, 64, 16
@@ -352,6 +354,8 @@ def main(argv: list[str]) -> int:
     if not gateway:
         print("gateway: not measured (`zgw-gateway serve` unavailable or --no-gateway)")
     result: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "only"}, "nofile": raise_nofile()}
+    result["build"] = select_build(args.interpreted) if gateway else None
+    print(f"gateway build: {result['build']}")
     result["background_cpu_pct"] = {"before": background_cpu()}
     if result["background_cpu_pct"]["before"] > 10:
         print(f"warning: the machine is {result['background_cpu_pct']['before']:.0f}% busy before the run")

@@ -1,7 +1,7 @@
 """How many instructions does the gateway's own work take per proxied GET? A count, not a timing, so a busy
 machine does not move it (issue 23 reported 338k per GET).
 
-    uv run --group bench python bench/instructions.py [--requests 1000] [--base 200] [--warmup 200]
+    uv run --group bench python bench/instructions.py [--requests 1000] [--base 200] [--warmup 200] [--interpreted]
 
 Runs bench/micro.py's in-memory gateway - the whole ASGI application on the bench's config (API key, token
 cache, header hygiene, metrics, the JSON access line written to /dev/null), its pools answering from memory,
@@ -23,7 +23,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from procs import IMAGE_ENV  # noqa: E402
+from procs import IMAGE_ENV, select_build  # noqa: E402
 
 COLLECTED = re.compile(r"^==\d+== Collected : (\d+)$", re.MULTILINE)
 TIMEOUT = 1800  # seconds per valgrind run: callgrind runs Python about 50x slower
@@ -70,6 +70,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--base", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--interpreted", action="store_true", help="the source tree, not the compiled build")
     parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -77,6 +78,7 @@ def main() -> int:
         return 0
     if args.requests <= args.base:
         parser.error("--requests must be more than --base")
+    print(f"build: {select_build(args.interpreted)}")
     procs = [callgrind(args.warmup, n) for n in (args.requests, args.base)]
     high, low = (collected(proc) for proc in procs)
     per_get = (high - low) / (args.requests - args.base)

@@ -46,7 +46,9 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from procs import IMAGE_ENV, Processes, free_port, gateway_conf, wait_port  # noqa: E402
+from procs import IMAGE_ENV, Processes, free_port, gateway_conf, select_build, wait_port  # noqa: E402
+
+from gateway.http1.pool import Pool, Response  # noqa: E402
 
 BODY = b'{"count":0,"next":null,"previous":null,"results":[' + b" " * 1050 + b"]}"
 EXCHANGES = 4000
@@ -239,14 +241,14 @@ async def client_cpu(port: int) -> dict[str, float]:
     return out
 
 
-class _Answer:
-    """An upstream answer from memory: the bench upstream's page, whole in the first piece."""
+class _Answer(Response):
+    """An upstream answer from memory: the bench upstream's page, whole in the first piece. A Response (the
+    compiled build checks the type), its fields set here rather than read from a connection."""
 
-    status = 200
-    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(BODY))]
-    content_length = len(BODY)
-
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no super().__init__: there is no connection
+        self.status = 200
+        self.headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(BODY))]
+        self.content_length = len(BODY)
         self.done = False
 
     def at_eof(self) -> bool:
@@ -263,8 +265,13 @@ class _Answer:
         pass
 
 
-class _MemoryPool:
-    async def request(self, method: str, head: bytes, body: object, chunked: bool, deadline: float) -> _Answer:
+class _MemoryPool(Pool):
+    """A Pool (the compiled build checks the type) without connections: every request gets the page."""
+
+    def __init__(self) -> None:  # no super().__init__: nothing to connect to
+        pass
+
+    async def request(self, method: str, head: bytes, body: object, chunked: bool, deadline: float) -> Response:
         return _Answer()
 
     def close(self) -> None:
@@ -288,7 +295,7 @@ async def in_memory_gateway() -> AsyncIterator[Callable[[], Awaitable[None]]]:
     app = create_app(config)
     await app.lifecycle.startup()
     for route in app.runtime.snapshot.routes.routes:
-        route.pool = _MemoryPool()  # type: ignore[assignment]
+        route.pool = _MemoryPool()
     scope = {
         "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/zaken/api/v1/zaken",
         "raw_path": b"/zaken/api/v1/zaken", "query_string": b"", "client": ("127.0.0.1", 40000),
@@ -491,6 +498,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --only floor")
     parser.add_argument("--only", choices=["server", "floor", "client", "app", "ab"], action="append")
     parser.add_argument("--rps", type=float, help="the gateway's req/s on one core (default: bench/results)")
+    parser.add_argument("--interpreted", action="store_true", help="the source tree, not the compiled build")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child and args.child.startswith("floor:"):
@@ -501,6 +509,7 @@ def main() -> int:
         child(args.child)
         return 0
     sections = args.only or ["server", "floor", "client", "app", "ab"]
+    print(f"build: {select_build(args.interpreted)} (the gateway's processes; hello and proxy are Python)")
     with tempfile.TemporaryDirectory(prefix="zgw-micro-") as tmp, Processes(Path(tmp)) as procs:
         if "server" in sections:
             print("server (hello-world ASGI, req/s):")

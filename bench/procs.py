@@ -302,6 +302,20 @@ GATEWAY_ENTRY = Path(sys.executable).parent / "zgw-gateway"  # the project's ven
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
 
 
+def select_build(interpreted: bool) -> str:
+    """Which gateway every process started with IMAGE_ENV runs: the compiled build the image runs (issue 23;
+    scripts/compile, its directory first on PYTHONPATH), or with `interpreted` the source tree. Returns the
+    build's name, for the output and the results."""
+    IMAGE_ENV.pop("PYTHONPATH", None)
+    if interpreted:
+        return "interpreted"
+    built = subprocess.run([str(ROOT / "scripts" / "compile")], capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        raise SystemExit(f"{built.stderr}\nscripts/compile failed; --interpreted measures the source tree")
+    IMAGE_ENV["PYTHONPATH"] = built.stdout.strip().splitlines()[-1]
+    return "compiled"
+
+
 def image_env(config: Path, admin_port: int, secrets: dict[str, str]) -> dict[str, str]:
     """The gateway's whole environment, as in the container: nothing inherited from the harness."""
     return {

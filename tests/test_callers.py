@@ -169,6 +169,13 @@ def test_x_forwarded_for_takes_the_rightmost_untrusted_hop() -> None:
     assert DIR.peer(("fd00::1", 1), b"2001:db8::5").ip == "2001:db8::5"
 
 
+def test_the_peer_is_read_from_every_shape_of_asgi_client() -> None:
+    # ASGI's [host, port] (uvicorn: a tuple with an int port), granian's str port, a list: the host counts.
+    for client in (("10.0.0.5", 51234), ("10.0.0.5", "51234"), ["10.0.0.5", 51234]):
+        assert DIR.peer(client, b"172.16.1.1") == Peer("172.16.1.1", True)
+        assert DIR.peer(client, None) == Peer("10.0.0.5", True)
+
+
 def test_no_trusted_proxies_means_no_forwarded_information() -> None:
     d = directory(config_data(trusted_proxies=[]))
     peer = d.peer(TRUSTED_PEER, b"172.16.1.1")

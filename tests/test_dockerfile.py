@@ -25,13 +25,20 @@ def instructions(name: str) -> list[str]:
     return [m[1].strip() for m in re.finditer(rf"^{name}\s+(.*)$", joined, re.M)]
 
 
-def test_base_image_is_pinned_and_overridable() -> None:
+def test_base_images_are_pinned_and_overridable() -> None:
     (arg,) = [a for a in instructions("ARG") if a.startswith("BASE_IMAGE=")]
     image = arg.split("=", 1)[1]
     assert re.fullmatch(r"python:3\.1[1-9]\.\d+-slim-\w+", image), image
+    (builder,) = [a.split("=", 1)[1] for a in instructions("ARG") if a.startswith("BUILDER_IMAGE=")]
+    # The build stage compiles (issue 23): the full image of the same CPython, which has gcc and headers.
+    assert builder == image.replace("-slim", ""), builder
     stages = instructions("FROM")
-    assert len(stages) == 2
-    assert all(s.startswith("${BASE_IMAGE}") for s in stages)
+    assert stages == ["${BUILDER_IMAGE} AS builder", "${BASE_IMAGE}"]
+
+
+def test_the_image_installs_the_compiled_build() -> None:
+    (install,) = [r for r in instructions("RUN") if "pip install --no-deps ." in r]
+    assert install.startswith("HATCH_BUILD_HOOKS_ENABLE=1 "), install
 
 
 def test_dependencies_install_before_the_source_is_copied() -> None:

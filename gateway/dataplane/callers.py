@@ -14,9 +14,9 @@ import base64
 import binascii
 import hashlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 
@@ -139,8 +139,12 @@ class CallerDirectory:
         self._matched = {}  # a rotated or removed key must stop working at once
         return problems
 
-    def peer(self, client: tuple[str, int] | None, forwarded_for: bytes | None) -> Peer:
-        """The client address, taking X-Forwarded-For into account only from trusted proxies."""
+    def peer(self, client: Sequence[Any] | None, forwarded_for: bytes | None) -> Peer:
+        """The client address, taking X-Forwarded-For into account only from trusted proxies.
+
+        `client` is the ASGI scope's [host, port]: the spec's port is an int (uvicorn's), granian passes a
+        str, and the spec allows any iterable; only the host is read, and the compiled build checks what is
+        declared (issue 23)."""
         ip = client[0] if client else ""
         trusted = self._is_trusted(ip)
         if not trusted or not forwarded_for:

@@ -109,22 +109,26 @@ async def _forward(fw: Forward, send: Send, outcome: Outcome, deadline: float) -
             return
         outcome.upstream_seconds += time.perf_counter() - started
         outcome.upstream_status = resp.status
+        # A flag, not `continue`: mypyc compiles no `continue` inside try/finally (issue 23).
+        again = False
         try:
             prefix = b""
             if resp.status == 403:
                 prefix = await resp.read(FORBIDDEN_PEEK_LIMIT + 1)
                 outcome.forbidden_code = _problem_code(first(resp.headers, b"content-type"), prefix)
-                if attempt == 1 and replayable and resp.at_eof() and _expired(fw, outcome.forbidden_code):
-                    fw.headers[0] = (b"authorization", fw.refresh_token())
-                    fw.on_retry("token_expired")
-                    outcome.retried = "token_expired"
-                    continue
-            await _relay(fw, resp, send, outcome, prefix)
+                again = attempt == 1 and replayable and resp.at_eof() and _expired(fw, outcome.forbidden_code)
+            if again:
+                fw.headers[0] = (b"authorization", fw.refresh_token())
+                fw.on_retry("token_expired")
+                outcome.retried = "token_expired"
+            else:
+                await _relay(fw, resp, send, outcome, prefix)
         except UpstreamError as exc:  # before the answer started: the caller gets the gateway's 502/504
             _failed(outcome, exc)
         finally:
             resp.release()
-        return
+        if not again:
+            return
 
 
 def _expired(fw: Forward, code: str) -> bool:
