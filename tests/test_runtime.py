@@ -136,6 +136,26 @@ def test_in_flight_counts_span_a_reload() -> None:
     assert registry.get_sample_value("zgw_gateway_in_flight_requests", {"component": "zaken"}) == 1
 
 
+def test_a_request_that_lands_after_a_reload_removed_its_component_leaves_no_series_behind() -> None:
+    config = data()
+    rt, registry, _ = runtime(config)
+    route = rt.snapshot.routes.match(b"/catalogi/api/v1/catalogussen")
+    assert route is not None and rt.take_off(route)
+    assert registry.get_sample_value("zgw_gateway_in_flight_requests", {"component": "catalogi"}) == 1
+
+    def without_catalogi(c: dict[str, Any]) -> None:
+        del c["components"]["catalogi"]
+        c["callers"][0]["components"] = ["zaken"]
+
+    rt.apply(changed(config, without_catalogi))
+    assert registry.get_sample_value("zgw_gateway_in_flight_requests", {"component": "catalogi"}) is None
+    rt.land(route)  # the request that was in flight when the component went
+    assert registry.get_sample_value("zgw_gateway_in_flight_requests", {"component": "catalogi"}) is None
+    assert rt.total_in_flight == 0
+    rt.apply(parse(config))  # back again: its gauge reads the count, not what the old request left behind
+    assert registry.get_sample_value("zgw_gateway_in_flight_requests", {"component": "catalogi"}) == 0
+
+
 def test_a_config_whose_tls_files_do_not_load_is_refused_and_the_running_one_stays() -> None:
     config = data()
     rt, _, _ = runtime(config)

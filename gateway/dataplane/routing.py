@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.loading import Config
 from gateway.config.sections import Component
+from gateway.dataplane.metrics import GaugeValue
 from gateway.http1.pool import Pool
 
 # RFC 3986 pchar minus ';' (path parameters are read differently by different servers) and minus the
@@ -51,6 +52,7 @@ class Route:
     public_host: str
     resources: frozenset[str] = field(default_factory=frozenset)
     pool: Pool = field(init=False)  # set by runtime.Runtime, which keeps pools across reloads
+    in_flight_gauge: GaugeValue = field(init=False)  # set by runtime.Runtime with the pool
     # Precomputed for the hot path: the Host header sent upstream (the server builds its URLs from it:
     # docs/zgw.md, "Absolute URLs"), X-Forwarded-Host, the CRS value; and the settings a request reads,
     # as plain attributes (a pydantic model's attribute read costs several times as much, issue 23).

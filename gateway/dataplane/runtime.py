@@ -99,6 +99,7 @@ class Runtime:
         pools = self._pools(routes)
         for route in routes.routes:
             route.pool = pools[route.name]
+            route.in_flight_gauge = self.metrics.in_flight(route.name)
         self.secrets.update(config.secret_refs())
         callers = CallerDirectory(config, self.secrets, self._limiter)
         old = getattr(self, "snapshot", None)
@@ -191,15 +192,18 @@ class Runtime:
         before any of them counts. `land` when it is over, always."""
         if self.total_in_flight >= self.snapshot.max_in_flight or self.in_flight[route.name] >= route.max_in_flight:
             return False
-        self.in_flight[route.name] += 1
+        count = self.in_flight[route.name] = self.in_flight[route.name] + 1
         self.total_in_flight += 1
-        self.metrics.in_flight(route.name).inc()
+        route.in_flight_gauge.set(count)
         return True
 
     def land(self, route: Route) -> None:
-        self.in_flight[route.name] -= 1
+        # The route's own gauge, set from the count: when a reload removed the component while this request
+        # was in flight, its series is gone and stays gone (the gauge is no longer exported); when a reload
+        # brought it back, the next request on it sets the new series from the count.
+        count = self.in_flight[route.name] = self.in_flight[route.name] - 1
         self.total_in_flight -= 1
-        self.metrics.in_flight(route.name).dec()
+        route.in_flight_gauge.set(count)
 
     def close(self) -> None:
         """At shutdown, once no request is in flight: close the pools, export the spans still queued."""
