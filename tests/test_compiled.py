@@ -36,8 +36,9 @@ def is_extension(filename: str) -> bool:
 
 def test_the_hook_compiles_the_request_path() -> None:
     modules = compiled_modules()
-    assert {"gateway.dataplane.app", "gateway.dataplane.proxy", "gateway.dataplane.exchange"} <= set(modules)
-    assert "gateway.dataplane.server" not in modules
+    assert {"gateway.dataplane.app", "gateway.dataplane.exchange", "gateway.dataplane.routing"} <= set(modules)
+    # proxy.py relays bodies: compiled, a 1 GiB download ran at a third of its interpreted speed (issue 23)
+    assert not {"gateway.dataplane.server", "gateway.dataplane.proxy"} & set(modules)
 
 
 def test_this_run_imported_the_build_it_claims() -> None:
@@ -50,7 +51,7 @@ def test_this_run_imported_the_build_it_claims() -> None:
 
 def test_a_gateway_process_imports_the_same_build(tmp_path: Path) -> None:
     # As tests/servers.py starts the gateway: this interpreter, this environment, a scratch directory.
-    probe = "import gateway.dataplane.app as a, gateway.dataplane.proxy as p; print(a.__file__); print(p.__file__)"
+    probe = "import gateway.dataplane.app as a, gateway.dataplane.exchange as e; print(a.__file__); print(e.__file__)"
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, check=True
     )
