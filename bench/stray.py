@@ -42,6 +42,7 @@ from procs import (
     http_get,
     image_env,
     nginx_conf,
+    select_build,
     stop_on_signals,
     wait_http,
     wait_port,
@@ -221,14 +222,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.02, help="share of answers followed by a stray")
     parser.add_argument("--delay", type=float, default=0.02, help="seconds from an answer to its stray")
     parser.add_argument("--ports", default="", help="(stub) the two ports to listen on")
+    parser.add_argument("--interpreted", action="store_true", help="the gateway from source, not compiled")
     args = parser.parse_args()
     if args.mode == "stub":
         nginx, gateway = (int(p) for p in args.ports.split(","))
         asyncio.run(stub({"nginx": nginx, "gateway": gateway}, args.rate, args.delay, seed=20))
         return
     stop_on_signals()
+    build = select_build(args.interpreted)  # the image's build unless --interpreted, as bench/run
     with tempfile.TemporaryDirectory(prefix="zgw-stray-") as tmp:
-        print(json.dumps(run(args, Path(tmp))))
+        print(json.dumps({"build": build, **run(args, Path(tmp))}))
 
 
 if __name__ == "__main__":
