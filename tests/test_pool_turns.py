@@ -14,9 +14,17 @@ import pytest
 from hostile import HostileUpstream, Request, answer
 from test_upstream import exchange, head, markers, ours, settings, until, well_behaved
 
-from gateway.http1.pool import DISTRUST_SECONDS, Pool, UpstreamError
+from gateway.http1.pool import DISTRUST_SECONDS, Pool, Response, UpstreamError
 
 STRAY = b'{"stray": true}'
+
+
+async def one_held(up: HostileUpstream, marker: str = "held") -> tuple[Pool, Response]:
+    """A pool of one connection, held by a request whose answer was read: whoever asks next waits in line."""
+    pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
+    held = await pool.request("GET", head(marker), None, False, time.monotonic() + 5)
+    await held.read(100)
+    return pool, held
 
 
 def test_after_stray_bytes_the_component_gets_fresh_connections_until_the_cool_down_ends(
@@ -85,9 +93,7 @@ def test_a_stray_on_an_idle_connection_closes_the_other_idle_ones_too() -> None:
 def test_a_released_connection_goes_to_the_oldest_waiter_not_to_a_newcomer() -> None:
     async def main() -> HostileUpstream:
         async with HostileUpstream(well_behaved) as up:
-            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
-            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
-            await held.read(100)
+            pool, held = await one_held(up)
             waiters = []
             for name in ("w1", "w2", "w3"):
                 waiters.append(asyncio.create_task(exchange(pool, name)))
@@ -110,9 +116,7 @@ def test_a_slot_freed_by_a_closed_connection_goes_to_the_oldest_waiter_not_to_a_
 
     async def main() -> HostileUpstream:
         async with HostileUpstream(script) as up:
-            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
-            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
-            await held.read(100)
+            pool, held = await one_held(up)
             waiter = asyncio.create_task(exchange(pool, "w1"))
             await until(lambda: len(pool._waiters) == 1)
             held.release()  # not reusable: its slot is free
@@ -127,9 +131,7 @@ def test_a_slot_freed_by_a_closed_connection_goes_to_the_oldest_waiter_not_to_a_
 def test_a_waiter_that_gives_up_after_its_turn_came_passes_the_connection_on() -> None:
     async def main() -> None:
         async with HostileUpstream(well_behaved) as up:
-            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
-            first = await pool.request("GET", head("first"), None, False, time.monotonic() + 5)
-            await first.read(100)
+            pool, first = await one_held(up, "first")
             quitter = asyncio.create_task(pool.request("GET", head("quits"), None, False, time.monotonic() + 5))
             await until(lambda: len(pool._waiters) == 1)
             first.release()  # handed to the quitter, which is cancelled before it runs
@@ -150,9 +152,7 @@ def test_waiters_whose_time_is_up_or_who_leave_get_out_of_line_and_the_turn_goes
 
     async def main() -> HostileUpstream:
         async with HostileUpstream(well_behaved) as up:
-            pool = Pool("127.0.0.1", up.port, None, settings(up.port, max_connections=1))
-            held = await pool.request("GET", head("held"), None, False, time.monotonic() + 5)
-            await held.read(100)
+            pool, held = await one_held(up)
             expires = asyncio.create_task(exchange(pool, "expires"))
             await until(lambda: len(pool._waiters) == 1)
             leaves = asyncio.create_task(exchange(pool, "leaves"))

@@ -74,7 +74,8 @@ class GatewayApp:
             try:
                 route = ex.route = self.route(ex, snap)
                 caller = self.caller(ex, snap, route)
-                admitted = self.admit(route)
+                self.admit(route)
+                admitted = True
                 token = self.token(ex, snap, caller, route)
                 body = await self.body(ex, snap, route, receive)
                 fw = self.plan(ex, snap, route, token, body)
@@ -121,11 +122,10 @@ class GatewayApp:
 
     # 3. Admission: a fast 503 instead of a queue when too much is in flight. An admitted request counts
     # from here, while its body is read too (issue 20): `handle` lands it exactly once.
-    def admit(self, route: Route) -> bool:
+    def admit(self, route: Route) -> None:
         if not self.runtime.take_off(route):
             self.metrics.upstream_failures(route.name, Failure.OVERLOADED).inc()
             raise Refused(problems.OVERLOADED, "Too many requests in flight.", retry_after=1)
-        return True
 
     # 4. The token: the end user (fixed, or from headers when allowed), the credentials, the cached JWT.
     def token(
