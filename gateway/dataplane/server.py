@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from granian.constants import HTTPModes, Interfaces, SSLProtocols, TaskImpl
@@ -51,13 +52,16 @@ _REQUEST_LINE_ALLOWANCE = 8192
 # (8 KiB + 400 KiB) does not (bench/README.md, "Uploads: where the time went"). Heads between
 # max_header_bytes and this size still get 431: the app checks limits.max_header_bytes itself before routing.
 _READ_BUFFER = 8192 + 4096 * 100
-# The cyclic collector's youngest generation is collected once this many more container objects were made
-# than freed (CPython's default: 700). A request in flight holds some 45 of them (its coroutines, futures,
-# dicts), none in a cycle: with 1,000 callers each pass walked tens of thousands of live objects, 100-150 ms
-# of every second of CPU; at 50,000 it is about 40 ms, and nothing at 50 callers, where 700 cost some 35 ms
-# (bench/README.md, "Many callers"). Answered and failed requests leave no cyclic garbage
-# (tests/test_collector.py), so all that waits longer for a pass is a rare cycle.
-_GC_YOUNGEST = 50_000
+# The cyclic collector runs on a clock, not on allocation counts (with_timed_collector). Counted by allocations
+# (CPython's default: a pass of the youngest generation every 700 net container allocations), it walked the
+# live objects of every request in flight: a request holds some 45 (its coroutines, futures, dicts), none in
+# a cycle, and with 1,000 callers the passes took 10-15 us of each request (100-150 ms of every second of
+# CPU), still 4 us at a threshold of 50,000. On a clock it costs a walk of what survived the last second,
+# whatever the load. Answered and failed requests leave no cyclic garbage (tests/test_collector.py), so all
+# that waits for a pass is a rare cycle: at most _COLLECT_SECONDS in the youngest generation, a minute in the
+# older ones (bench/README.md, "Many callers").
+_COLLECT_SECONDS = 1.0
+_FULL_PASS_EVERY = 60
 # Granian's own loggers go to the root logger (logs.setup formats them); its banner and per-worker
 # chatter stay below the gateway's level.
 _GRANIAN_LOGGING: dict[str, Any] = {
@@ -111,6 +115,7 @@ def _granian(app: Any, host: str, port: int, config: Config, *, admin: bool) -> 
 
 
 Extra = list[tuple[str, object, str, int]]  # (name, app, host, port)
+Sleep = Callable[[float], Awaitable[object]]
 
 
 def taken(listeners: list[tuple[str, str, int]]) -> list[str]:
@@ -216,11 +221,34 @@ def _batch_scheduling() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
+async def collect_on_a_timer(sleep: Sleep = asyncio.sleep) -> None:
+    """The cyclic collector's passes: the youngest generation every _COLLECT_SECONDS, all of them on every
+    _FULL_PASS_EVERY-th."""
+    passes = 0
+    while True:
+        await sleep(_COLLECT_SECONDS)
+        passes += 1
+        gc.collect(2 if passes % _FULL_PASS_EVERY == 0 else 0)
+
+
+async def with_timed_collector(main: Awaitable[int], sleep: Sleep = asyncio.sleep) -> int:
+    """`main`, with the collector's automatic passes off and collect_on_a_timer running beside it; both undone
+    when `main` ends."""
+    gc.disable()
+    passes = asyncio.create_task(collect_on_a_timer(sleep))
+    try:
+        return await main
+    finally:
+        passes.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await passes
+        gc.enable()
+
+
 def run(app: GatewayApp, extra: Extra | None = None) -> int:
     _batch_scheduling()
-    gc.set_threshold(_GC_YOUNGEST, *gc.get_threshold()[1:])
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(app, extra))
-    return int(uvloop.run(serve(app, extra)))
+        return asyncio.run(with_timed_collector(serve(app, extra)))
+    return int(uvloop.run(with_timed_collector(serve(app, extra))))
