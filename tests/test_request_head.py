@@ -4,13 +4,14 @@ and granian's own cap on the number of header fields (issue 20, point 6; docs/se
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import API_KEY, base_config
+from conftest import API_KEY, READONLY_KEY, base_config
 from servers import GatewayProcess, ThreadServer
-from test_security import Recorder, raw_request
+from test_security import Recorder, Reply, _complete, parse_reply, raw_request
 
 ZAKEN = "/zaken/api/v1/zaken"
 # Granian (hyper) refuses a request with more header fields than this before the app sees it; it has no
@@ -83,3 +84,53 @@ def test_granian_refuses_more_header_fields_than_its_cap_with_a_bare_431_and_no_
     assert status == 431
     assert "application/problem+json" not in headers.get("content-type", "")  # granian's, not the gateway's
     assert (len(rec.arrived), access) == (0, [])  # the gateway never saw it
+
+
+def _then_get(port: int, first: bytes) -> tuple[Reply, Reply]:
+    """`first`, then a GET on the same connection once the first reply is complete: both replies (the
+    second with no status and `closed` when the server closed the connection instead of answering)."""
+    get = f"GET {ZAKEN} HTTP/1.1\r\nHost: gw\r\nX-Gateway-Key: {API_KEY}\r\n\r\n".encode()
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for data in (first, get):
+            out, closed = b"", False
+            try:
+                s.sendall(data)
+                while not _complete(out):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    out += chunk
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            replies.append(parse_reply(out, closed))
+    return replies[0], replies[1]
+
+
+def _post(key: str, body: bytes, *extra: str) -> bytes:
+    lines = [f"POST {ZAKEN} HTTP/1.1", "Host: gw", f"X-Gateway-Key: {key}", "Content-Type: application/json",
+             f"Content-Length: {len(body)}", *extra]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def test_a_request_refused_before_its_body_was_read_closes_its_connection_and_says_so(
+    gw: GatewayProcess, upstream: tuple[Recorder, str]
+) -> None:
+    """Refused before its body is read (here: a method the caller may not use), the server cannot reuse the
+    connection safely; the answer says `Connection: close` so the caller does not send its next request into
+    a connection that closes under it."""
+    refused, after = _then_get(gw.port, _post(READONLY_KEY, b"{}"))
+    assert (refused.status, refused.problem_code) == (403, "forbidden-method")
+    assert refused.headers.get("connection") == "close"
+    assert (after.status, after.closed) == (None, True)
+    # A refusal with no body to read, or after the body was read whole, keeps the connection.
+    for first in (
+        _post(READONLY_KEY, b""),  # Content-Length: 0
+        f"GET {ZAKEN} HTTP/1.1\r\nHost: gw\r\nX-Gateway-Key: wrong\r\n\r\n".encode(),  # 401
+        _post(API_KEY, b"{}", "X-Name: caf\xe9"),  # 400 from the header check, after the body
+    ):
+        refused, after = _then_get(gw.port, first)
+        assert refused.status in (400, 401, 403) and "connection" not in refused.headers, refused
+        assert after.status == 200
+    assert len(upstream[0].arrived) == 3

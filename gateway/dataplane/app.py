@@ -70,6 +70,7 @@ class GatewayApp:
         if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
             return await self.inbox.handle(ex, snap.receivers, snap.rewriter, snap.body_read_timeout, receive, send)
         admitted = False  # counted in flight from admission, body included; landed once, however it ends
+        body = bodies.NONE
         try:
             try:
                 route = ex.route = self.route(ex, snap)
@@ -81,6 +82,10 @@ class GatewayApp:
                 fw = self.plan(ex, snap, route, token, body)
                 self.allow(route, fw)
             except Refused as refusal:
+                if bodies.unread(ex.headers, body):
+                    # The server could not tell where the next request starts; the caller learns it now
+                    # rather than from a reused connection that closes under its next request.
+                    refusal.close = True
                 return await ex.refuse(send, refusal)
             await self.forward(ex, route, fw, send)
         finally:

@@ -82,6 +82,13 @@ def present(headers: dict[bytes, bytes]) -> bool:
     return b"content-length" in headers or b"transfer-encoding" in headers
 
 
+def unread(headers: dict[bytes, bytes], body: Body) -> bool:
+    """Does the request declare a body that was not read whole? Refused that way, its connection closes."""
+    if isinstance(body.data, bytes):
+        return False
+    return b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0"
+
+
 async def prepare(
     method: str,
     headers: dict[bytes, bytes],
