@@ -278,3 +278,20 @@ def test_config_mistakes_name_the_key(change: Any, error: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse(cfg)
     assert any(e.startswith(error) for e in exc.value.errors), exc.value.errors
+
+
+def test_a_delivery_refused_before_its_body_was_read_closes_the_connection_and_says_so(
+    receiver: tuple[LegacyReceiver, str],
+) -> None:
+    """As on the proxy path (test_request_head.py): refused before the body is read (an unknown receiver, a
+    forged auth value), the answer says `Connection: close`; refused after reading it, it keeps the connection."""
+    legacy, target = receiver
+    with gateway_in_thread(config(target), ManualClock(), ENV) as (url, _):
+        nobody = deliver(url, NOTIFICATION, path="nobody")
+        forged = deliver(url, NOTIFICATION, auth="Token forged")
+        no_kanaal = deliver(url, {"resource": "zaak"})  # refused after its body was read
+        get = httpx.get(f"{url}/-/notifications/legacy-dms", headers={"Authorization": AUTH})  # no body
+    assert [(r.status_code, r.headers.get("connection")) for r in (nobody, forged, no_kanaal, get)] == [
+        (404, "close"), (401, "close"), (400, None), (405, None)
+    ]  # fmt: skip
+    assert legacy.received == []

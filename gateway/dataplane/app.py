@@ -82,9 +82,7 @@ class GatewayApp:
                 fw = self.plan(ex, snap, route, token, body)
                 self.allow(route, fw)
             except Refused as refusal:
-                if bodies.unread(ex.headers, body):
-                    # The server could not tell where the next request starts; the caller learns it now
-                    # rather than from a reused connection that closes under its next request.
+                if bodies.unread(ex.headers, body.data):
                     refusal.close = True
                 return await ex.refuse(send, refusal)
             await self.forward(ex, route, fw, send)

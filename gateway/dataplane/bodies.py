@@ -82,9 +82,11 @@ def present(headers: dict[bytes, bytes]) -> bool:
     return b"content-length" in headers or b"transfer-encoding" in headers
 
 
-def unread(headers: dict[bytes, bytes], body: Body) -> bool:
-    """Does the request declare a body that was not read whole? Refused that way, its connection closes."""
-    if isinstance(body.data, bytes):
+def unread(headers: dict[bytes, bytes], read: object) -> bool:
+    """Does the request declare a body that was not read whole (`read`: the body as read, bytes when whole)?
+    A refusal then closes the connection: the server could not tell where the next request starts, and the
+    caller learns it from the answer rather than from a reused connection that closes under its next request."""
+    if isinstance(read, bytes):
         return False
     return b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0"
 

@@ -119,15 +119,19 @@ class Inbox:
         send: Send,
     ) -> None:
         d = Delivery()
+        body: bytes | None = None
         try:
             receiver = self._receiver(ex, found, d)
             self._authenticate(ex, receiver, d)
-            body = await self._body(receiver, receive, body_timeout, d)
+            body = await self._body(receiver, receive, body_timeout)
+            self._notification(body, receiver, d)
             if d.kanaal_name == PROBE_KANAAL:
                 d.outcome = "probe"  # Open Notificaties checks that the callback accepts its auth value
             else:
                 await self._relay(ex, receiver, rewriter.to_public(body) if rewriter else body, d)
         except Refused as refusal:
+            if bodies.unread(ex.headers, body):
+                refusal.close = True
             return await self._answer(ex, send, d, refusal)
         await self._answer(ex, send, d, None)
 
@@ -157,11 +161,15 @@ class Inbox:
             raise Refused(problems.NOTIFICATION_UNAUTHORIZED, "Send the abonnement's auth value in Authorization.")
 
     @staticmethod
-    async def _body(receiver: Receiver, receive: Receive, timeout: float, d: Delivery) -> bytes:
+    async def _body(receiver: Receiver, receive: Receive, timeout: float) -> bytes:
         try:
-            body = await bodies.read(receive, receiver.settings.max_body_bytes, timeout)
+            return await bodies.read(receive, receiver.settings.max_body_bytes, timeout)
         except bodies.BodyError as exc:
             raise bodies.refusal(exc)[1] from None
+
+    @staticmethod
+    def _notification(body: bytes, receiver: Receiver, d: Delivery) -> None:
+        """The kanaal and resource a delivery names, for the record and the relay's label."""
         try:
             notification = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -174,7 +182,6 @@ class Inbox:
         d.resource = resource[:50] if isinstance(resource, str) else None
         if kanaal != PROBE_KANAAL:
             d.kanaal = kanaal if kanaal in receiver.kanalen else "other"
-        return body
 
     async def _relay(self, ex: Exchange, receiver: Receiver, body: bytes, d: Delivery) -> None:
         n = receiver.settings
@@ -233,8 +240,6 @@ class Inbox:
             headers, body = ex.problem_answer(refusal)
             if refusal.problem is problems.NOTIFICATION_METHOD:
                 headers.append((b"allow", b"POST"))
-            if not refusal.close and d.outcome in ("unauthenticated", "refused"):
-                headers.append((b"connection", b"close"))  # an unread body must not be taken for a request
         self._record(ex, d, len(body))  # before answering: whoever saw the answer can see the record
         await ex.answer(send, d.status, headers, body)  # Open Notificaties gone: it retries on its own
 
