@@ -250,6 +250,13 @@ def test_too_many_in_flight_and_an_exhausted_pool_get_a_fast_503_with_retry_afte
             exposition = gw.metrics()
             assert metric_value(exposition, "zgw_gateway_upstream_failures_total", component="catalogi") == 1
             assert metric_value(exposition, "zgw_gateway_upstream_failures_total", reason="pool") == 1
+
+            def refused() -> list[dict[str, Any]]:
+                lines = [json.loads(line) for line in gw.log_lines() if line.startswith("{")]
+                return [a for a in lines if a.get("component") == "catalogi" and a.get("status") == 503]
+
+            wait_until(lambda: len(refused()) == 1, 10)
+            assert (refused()[0]["error"], refused()[0]["upstream_status"]) == ("pool", None)
         finally:
             held.set()
         assert [f.result(30).status_code for f in [*admitted, first]] == [200, 200, 200]

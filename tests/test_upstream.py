@@ -499,24 +499,21 @@ def test_silence_is_a_timeout_and_a_refused_port_never_sent_anything() -> None:
 
 
 def test_a_full_pool_waits_then_answers_pool() -> None:
-    go = asyncio.Event()
-
-    async def held(request: Request) -> None:
-        await go.wait()
-        request.write(answer(request, 204, body=b""))
+    """Every turn held: the next request waits in line until its timer fires (for real), then gets `pool` and
+    leaves the line; the holder's turn is untouched, and once it ends the turn is free."""
 
     async def test(pool: Pool, up: HostileUpstream) -> None:
-        first = asyncio.create_task(pool.request("GET", head("held"), None, False, time.monotonic() + 5))
-        await until(lambda: pool.in_use == 1)
+        assert pool.take_turn()
+        assert not pool.take_turn()
         with pytest.raises(UpstreamError) as err:
-            await pool.request("GET", head("waits"), None, False, time.monotonic() + 5)
+            await pool.wait_turn(0.2)
         assert (err.value.reason, err.value.sent) == ("pool", False)
-        go.set()
-        resp = await first
-        assert resp.status == 204
-        resp.release()
+        assert pool.turns == 1 and not pool._waiters
+        pool.end_turn()
+        assert pool.turns == 0 and pool.take_turn()
+        pool.end_turn()
 
-    run(held, test, max_connections=1)
+    run(well_behaved, test, max_connections=1)
 
 
 def test_streamed_bodies_are_sent_as_chunks_when_the_length_is_unknown() -> None:

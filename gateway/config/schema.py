@@ -125,7 +125,8 @@ DESCRIPTIONS: dict[type[BaseModel], dict[str, str]] = {
         "tls": "TLS towards this upstream.",
         "max_body_bytes": "Largest request body; larger: 413 (before any upstream I/O when Content-Length says so). "
         "Default 16 MiB; 4 GiB + 64 MiB for a Documenten API (an upstream path with `/documenten/api/`).",
-        "max_connections": "Size of the keep-alive connection pool to this upstream (per replica).",
+        "max_connections": "Requests to this upstream at once, and so its keep-alive connections (per replica); "
+        "the others wait their turn.",
         "max_in_flight": "Requests in flight to this component, counted from admission; beyond it: 503.",
         "max_response_head_bytes": "Largest answer head (1xx heads included) and trailers; beyond it: 502 "
         "`upstream-bad-response`.",
@@ -141,8 +142,8 @@ DESCRIPTIONS: dict[type[BaseModel], dict[str, str]] = {
         "connect": "To open a connection (TLS included).",
         "read": "Silence between two pieces of the answer.",
         "write": "How long the upstream may take to accept more of an upload.",
-        "pool": "Wait for a free connection in the pool.",
-        "total": "The whole wait for the upstream's answer head (pool, connect, headers, a retry included); "
+        "pool": "Wait for a turn when max_connections requests are upstream.",
+        "total": "The whole wait for the upstream's answer head (a turn, connect, headers, a retry included); "
         "bodies stream on regardless.",
     },
     s.UpstreamTLS: {

@@ -1,6 +1,6 @@
 """Where a request goes: the gateway's ASGI application, one request read top to bottom in `handle`.
 
-    route -> caller -> admission -> token -> body -> headers -> circuit -> forward -> record
+    route -> caller -> admission -> token -> body -> turn -> headers -> circuit -> forward -> record
 
 Each step is one method below `handle`, in that order. A step that refuses raises `problems.Refused`, which
 `handle` answers with problem+json (no upstream call); the exchange is recorded either way (`exchange.py`).
@@ -29,6 +29,7 @@ from gateway.dataplane.metrics import Metrics, forbidden_code
 from gateway.dataplane.problems import Refused
 from gateway.dataplane.routing import Route, is_safe_path
 from gateway.dataplane.runtime import Runtime, Snapshot
+from gateway.http1.pool import UpstreamError
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -70,6 +71,7 @@ class GatewayApp:
         if ex.raw_path.startswith(notifications.PREFIX):  # Open Notificaties delivering to a legacy caller
             return await self.inbox.handle(ex, snap.receivers, snap.rewriter, snap.body_read_timeout, receive, send)
         admitted = False  # counted in flight from admission, body included; landed once, however it ends
+        turn = False  # a turn at the component's pool from step 6 to the end; ended once, however it ends
         body = bodies.NONE
         try:
             try:
@@ -79,7 +81,9 @@ class GatewayApp:
                 admitted = True
                 token = self.token(ex, snap, caller, route)
                 body = await self.body(ex, snap, route, receive)
-                fw = self.plan(ex, snap, route, token, body)
+                deadline = await self.turn(ex, route)
+                turn = True
+                fw = self.plan(ex, snap, route, token, body, deadline)
                 self.allow(route, fw)
             except Refused as refusal:
                 if bodies.unread(ex.headers, body.data):
@@ -87,6 +91,8 @@ class GatewayApp:
                 return await ex.refuse(send, refusal)
             await self.forward(ex, route, fw, send)
         finally:
+            if turn:
+                route.pool.end_turn()
             if admitted:
                 self.runtime.land(route)
 
@@ -193,7 +199,28 @@ class GatewayApp:
         self.metrics.aborted(route.name, reason).inc()
         return refusal
 
-    # 6. The headers upstream: the token first, the caller's (cleaned), then the ones the gateway owns.
+    # 6. The turn: at most `max_connections` requests of a component go upstream at once (http1/pool.py);
+    # the others wait in line here, after a body read whole has arrived (a slow one holds no turn; a streamed
+    # upload streams within its turn) and before the gateway builds what it sends: a waiting request holds
+    # few objects (bench/README.md, "Many callers"). The turn is held until the answer is relayed.
+    # Returns the deadline of `timeouts.total`, which counts the wait.
+    async def turn(self, ex: Exchange, route: Route) -> float:
+        pool = route.pool
+        deadline = time.monotonic() + route.total_timeout
+        if pool.take_turn():
+            return deadline
+        started = time.perf_counter()
+        try:
+            await pool.wait_turn(min(pool.settings.timeouts.pool, route.total_timeout))
+        except UpstreamError:
+            ex.outcome.error = Failure.POOL
+            self.metrics.upstream_failures(route.name, Failure.POOL).inc()
+            raise Refused(problems.POOL_EXHAUSTED, _failure_detail(Failure.POOL), retry_after=1) from None
+        finally:
+            ex.outcome.upstream_seconds = time.perf_counter() - started  # the upstream's time, not the gateway's
+        return deadline
+
+    # 7. The headers upstream: the token first, the caller's (cleaned), then the ones the gateway owns.
     def plan(
         self,
         ex: Exchange,
@@ -201,6 +228,7 @@ class GatewayApp:
         route: Route,
         token: tuple[bytes, bool, Callable[[], bytes]],
         body: Body,
+        deadline: float,
     ) -> proxy.Forward:
         passed = fields.to_upstream(ex.raw_headers, snap.dropped_headers)
         if passed is None:
@@ -227,7 +255,7 @@ class GatewayApp:
             headers=up,
             body=body.data,
             chunked=body.chunked,
-            total_timeout=route.total_timeout,
+            deadline=deadline,
             extra_response_headers=[(b"x-request-id", ex.request_id.encode())],
             rewriter=rewriter,
             refresh_token=refresh,
@@ -264,7 +292,7 @@ class GatewayApp:
                 owned.append((b"content-crs", route.crs))
         return owned
 
-    # 7. The circuit, last before forwarding: a half-open breaker's one probe is taken only by a request
+    # 8. The circuit, last before forwarding: a half-open breaker's one probe is taken only by a request
     # that will go upstream.
     def allow(self, route: Route, fw: proxy.Forward) -> None:
         breaker = fw.breaker
@@ -272,10 +300,11 @@ class GatewayApp:
             self.metrics.upstream_failures(route.name, Failure.CIRCUIT_OPEN).inc()
             raise Refused(problems.CIRCUIT_OPEN, "The upstream failed repeatedly.", retry_after=breaker.retry_after())
 
-    # 8. Forward and relay, then 9. record.
+    # 9. Forward and relay, then 10. record.
     async def forward(self, ex: Exchange, route: Route, fw: proxy.Forward, send: Send) -> None:
         outcome = ex.outcome
-        self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start)
+        # The gateway's own work: the time so far, less the wait for a turn (step 6).
+        self.metrics.overhead(route.name).observe(time.perf_counter() - ex.start - outcome.upstream_seconds)
         try:
             await proxy.forward(fw, send, outcome)
         except bodies.BodyError as exc:
@@ -286,8 +315,7 @@ class GatewayApp:
             raise  # the server aborts the caller's connection: a cut body must not look complete
         if outcome.problem is not None:
             self.metrics.upstream_failures(route.name, outcome.error).inc()
-            retry_after = 1 if outcome.problem.status == 503 else None  # pool exhausted: come back soon
-            return await ex.refuse(send, Refused(outcome.problem, _failure_detail(outcome.error), retry_after))
+            return await ex.refuse(send, Refused(outcome.problem, _failure_detail(outcome.error)))
         status = outcome.upstream_status
         if status == 403:
             self.metrics.upstream_forbidden(route.name, forbidden_code(outcome.forbidden_code)).inc()

@@ -34,7 +34,6 @@ _PROBLEMS = {
     Failure.TIMEOUT: problems.UPSTREAM_TIMEOUT,
     Failure.CONNECT: problems.UPSTREAM_UNREACHABLE,
     Failure.RESET: problems.UPSTREAM_RESET,
-    Failure.POOL: problems.POOL_EXHAUSTED,
     Failure.BAD_RESPONSE: problems.UPSTREAM_BAD_RESPONSE,
 }
 
@@ -54,7 +53,7 @@ class Forward:
     headers: list[tuple[bytes, bytes]]  # Authorization first, so a retry can swap it
     body: bytes | AsyncGenerator[bytes, None] | None
     chunked: bool
-    total_timeout: float
+    deadline: float  # time.monotonic() at which `timeouts.total` is up, counted from before the turn
     extra_response_headers: list[tuple[bytes, bytes]]
     rewriter: UrlRewriter | None
     refresh_token: Callable[[], bytes]  # evicts the cached token, returns a fresh Authorization value
@@ -70,13 +69,13 @@ class Forward:
 async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
     """Send the request upstream and relay the answer to the caller; fills `outcome`.
 
-    `timeouts.total` bounds the waiting for the upstream (pool, connect, the answer's head), a retry
+    `timeouts.total` bounds the waiting for the upstream (a turn, connect, the answer's head), a retry
     included; bodies stream for as long as they keep moving (`timeouts.read` / `timeouts.write` between
     pieces upstream, `limits.body_read_timeout` from the caller), so large documents pass. Whatever
     happens, the circuit breaker learns what it says about the upstream.
     """
     try:
-        await _forward(fw, send, outcome, time.monotonic() + fw.total_timeout)
+        await _forward(fw, send, outcome, fw.deadline)
     finally:
         if fw.breaker is not None:
             healthy = _healthy(outcome)
@@ -87,8 +86,8 @@ async def forward(fw: Forward, send: Send, outcome: Outcome) -> None:
 
 
 def _healthy(outcome: Outcome) -> bool | None:
-    """What the exchange says about the upstream: None when nothing (it never got to answer, or the pool was full)."""
-    if outcome.error in ("", Failure.POOL):
+    """What the exchange says about the upstream: None when nothing (it never got to answer)."""
+    if not outcome.error:
         return None if not outcome.upstream_status else outcome.upstream_status not in (502, 503, 504)
     return False
 
@@ -148,7 +147,6 @@ def _may_retry(fw: Forward, exc: UpstreamError, replayable: bool, deadline: floa
     return (
         fw.retry_enabled
         and replayable
-        and exc.reason != Failure.POOL
         and (not exc.sent or (exc.reason == Failure.RESET and fw.method in IDEMPOTENT))
         and time.monotonic() < deadline
     )

@@ -2,11 +2,12 @@
 
 A `Pool` sends one request at a time per connection and hands back a `Response` whose body is read as it
 arrives; `connection.Connection` parses the answer and decides, by the reuse rules written there, whether
-the connection goes back to the pool. Waiting for a connection, connecting and waiting for the answer's
-head are bounded by the request's deadline; sending the body by `timeouts.write` (a deadline per byte,
-connection.py), reading it by `timeouts.read` between pieces. Waiting callers are served first come,
-first served: a released connection is handed to the oldest. An upstream caught sending bytes nobody
-asked for gets no connection reused for DISTRUST_SECONDS (`_distrust`).
+the connection goes back to the pool. A request goes upstream within a turn: at most `max_connections`
+requests hold one, the others wait in line for one (first come, first served, bounded by `timeouts.pool`),
+so the connections in use and idle never outnumber `max_connections`. Connecting and waiting for the
+answer's head are bounded by the request's deadline; sending the body by `timeouts.write` (a deadline per
+byte, connection.py), reading it by `timeouts.read` between pieces. An upstream caught sending bytes
+nobody asked for gets no connection reused for DISTRUST_SECONDS (`_distrust`).
 
 Never followed: redirects. Never added: any header. Never changed: the request target and the body bytes.
 Why not a general client library: bench/micro.py measures this client against aiohttp and httpx per
@@ -25,7 +26,6 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Literal
 
 from gateway.config.sections import Component, UpstreamTLS
 from gateway.http1.connection import VERDICTS, Connection
@@ -125,7 +125,8 @@ class Response:
 
 
 class Pool:
-    """Keep-alive connections to one origin: at most `max_connections` at once, waiting for one bounded in time."""
+    """Keep-alive connections to one origin, and the turns of the requests that use them: at most
+    `max_connections` turns, a request takes one before it is sent and ends it when its answer is relayed."""
 
     def __init__(
         self,
@@ -146,9 +147,61 @@ class Pool:
         self.ssl = ssl_context
         self.settings = settings
         self.idle: list[Connection] = []
-        self.in_use = 0
+        self.in_use = 0  # connections lent to requests
+        self.turns = 0  # turns held
         self.closed = False
-        self._waiters: collections.deque[asyncio.Future[Connection | Literal[False] | None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+
+    # A pair of calls rather than a context manager, like the app's admission: this runs on every request.
+    def take_turn(self) -> bool:
+        """A turn now, if one is free. None is free while anyone waits: a turn that ends goes to the line."""
+        if self.turns < self.settings.max_connections:
+            self.turns += 1
+            return True
+        return False
+
+    async def wait_turn(self, timeout: float) -> None:
+        """In line (first come, first served) until a turn is handed over; UpstreamError `pool` when
+        `timeout` is up first. `end_turn` when the request is over, always.
+
+        The wait is bounded by one timer that hands the waiter False, not by `asyncio.timeout`: with more
+        callers than connections most requests wait here, and the timeout's context manager (its object, its
+        rescheduling, its checks on exit) cost as much as the rest of a turn together (bench/waiting.py;
+        bench/README.md, "Many callers")."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, self._expire, waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            if not waiter.done() or waiter.cancelled():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            elif waiter.result():
+                self.end_turn()  # its turn came, then it gave up: the turn goes to the next in line
+            raise
+        finally:
+            timer.cancel()
+        if not handed:
+            raise UpstreamError("pool", sent=False)
+
+    def _expire(self, waiter: asyncio.Future[bool]) -> None:
+        """A waiter's time is up: out of the line (so a long stall does not pile up expired waiters)."""
+        if not waiter.done():
+            self._waiters.remove(waiter)
+            waiter.set_result(False)
+
+    def end_turn(self) -> None:
+        """A turn goes to the oldest waiter, still counted, so no request that arrives later can take it first;
+        with nobody waiting it is free again."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self.turns -= 1
 
     async def request(
         self, method: str, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool, deadline: float
@@ -156,7 +209,8 @@ class Pool:
         """Send one request and wait for the answer's head. `head` is the request line and header block
         (CRLF CRLF-terminated); the body streams from `body`, framed as chunks when `chunked`. Waiting for a
         connection, connecting and waiting for the answer end by `deadline` (time.monotonic()); sending the
-        caller's body is bounded by the caller's own pace (the app's body timeout) and `timeouts.write`."""
+        caller's body is bounded by the caller's own pace (the app's body timeout) and `timeouts.write`.
+        Made within a turn: the connection is an idle one or a new one, never one more than the turns."""
         conn = await self._acquire(deadline)
         conn.begin(method)
         try:
@@ -232,20 +286,9 @@ class Pool:
                 self.in_use += 1
                 return conn
             conn.close()
-        if self.in_use < self.settings.max_connections:
-            self.in_use += 1
-        else:
-            handed = await self._wait_turn(min(self.settings.timeouts.pool, deadline - now))
-            if handed is not None and not handed.closed and self._usable(handed):
-                return handed
-            if handed is not None:
-                handed.close()  # its slot is this request's now
-        try:
-            return await self._connect(min(self.settings.timeouts.connect, deadline - time.monotonic()))
-        except BaseException:
-            self.in_use -= 1
-            self._hand_over(None)
-            raise
+        conn = await self._connect(min(self.settings.timeouts.connect, deadline - now))
+        self.in_use += 1
+        return conn
 
     def _usable(self, conn: Connection) -> bool:
         if conn.quiet():
@@ -253,42 +296,6 @@ class Pool:
         if not conn.closed:
             self._stray()
         return False
-
-    async def _wait_turn(self, timeout: float) -> Connection | None:
-        """In line (first come, first served) until a connection or a free slot is handed over (and counted
-        in use for this request): a connection to reuse, or None to open one.
-
-        The wait is bounded by one timer that hands the waiter False, not by `asyncio.timeout`: with more
-        callers than connections most requests wait here, and the timeout's context manager (its object, its
-        rescheduling, its checks on exit) cost as much as the rest of an acquire and release together
-        (bench/waiting.py; bench/README.md, "Many callers")."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Connection | Literal[False] | None] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(timeout, self._expire, waiter)
-        try:
-            handed = await waiter
-        except BaseException:
-            if not waiter.done() or waiter.cancelled():
-                waiter.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            elif (turn := waiter.result()) is not False:
-                # Its turn came, then it gave up: the connection or the slot goes to the next in line.
-                self.in_use -= 1
-                self._hand_over(turn)
-            raise
-        finally:
-            timer.cancel()
-        if handed is False:
-            raise UpstreamError("pool", sent=False)
-        return handed
-
-    def _expire(self, waiter: asyncio.Future[Connection | Literal[False] | None]) -> None:
-        """A waiter's time is up: out of the line (so a long stall does not pile up expired waiters)."""
-        if not waiter.done():
-            self._waiters.remove(waiter)
-            waiter.set_result(False)
 
     async def _connect(self, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
@@ -315,7 +322,7 @@ class Pool:
         return conn
 
     def release(self, conn: Connection) -> None:
-        """The exchange on `conn` is over: to the oldest waiter or the pool if the reuse rules allow it."""
+        """The exchange on `conn` is over: back to the idle ones if the reuse rules allow it."""
         now = time.monotonic()
         reason = conn.end(now)
         if reason == "stray_bytes":
@@ -326,18 +333,7 @@ class Pool:
         if reason:
             self.on_close(reason)
         self.in_use -= 1
-        self._hand_over(None if conn.closed else conn)
-
-    def _hand_over(self, conn: Connection | None) -> None:
-        """A freed slot goes to the oldest waiter, with `conn` to reuse if there is one; else `conn` goes idle.
-        The slot is counted in use at once, so no request that arrives later can take it first."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_use += 1
-                waiter.set_result(conn)
-                return
-        if conn is not None:
+        if not conn.closed:
             self.idle.append(conn)
 
     def _stray(self) -> None:
