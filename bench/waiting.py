@@ -28,7 +28,7 @@ async def per_turn(callers: int, turns: int) -> float:
     async def caller() -> None:
         for _ in range(turns):
             if not pool.take_turn():
-                await pool.wait_turn(30)
+                await pool.wait_turn()
             await asyncio.sleep(0)
             pool.end_turn()
 

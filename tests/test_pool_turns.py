@@ -31,7 +31,7 @@ async def one_held(up: HostileUpstream, marker: str = "held", connections: int =
 async def in_turn(pool: Pool, marker: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """One exchange within a turn, as the app makes it: a turn now or in line, ended however it goes."""
     if not pool.take_turn():
-        await pool.wait_turn(5)
+        await pool.wait_turn()
     try:
         return await exchange(pool, marker)
     finally:
@@ -177,7 +177,7 @@ def test_a_waiter_that_gives_up_after_its_turn_came_passes_it_on() -> None:
 
 
 def test_waiters_whose_time_is_up_or_who_leave_get_out_of_line_and_the_turn_goes_to_the_next() -> None:
-    """The line's own timer (pool.py `wait_turn`): a waiter whose time is up answers `pool` and leaves the
+    """The line's timer (pool.py `wait_turn`): a waiter whose time is up answers `pool` and leaves the
     line at once, one whose caller leaves (cancelled) leaves it too, and the turn that ends goes to the
     next one still waiting; a time-up that comes after the turn was handed over changes nothing."""
 
@@ -191,7 +191,7 @@ def test_waiters_whose_time_is_up_or_who_leave_get_out_of_line_and_the_turn_goes
             await until(lambda: len(pool._waiters) == 3)
             # What its timer does when the time is up, called here rather than raced with a clock (the timer
             # firing for real: test_upstream.py's full pool)
-            pool._expire(pool._waiters[0])
+            pool._expire(pool._waiters[0][0])
             with pytest.raises(UpstreamError) as err:
                 await expires
             assert (err.value.reason, err.value.sent) == ("pool", False)
@@ -200,12 +200,45 @@ def test_waiters_whose_time_is_up_or_who_leave_get_out_of_line_and_the_turn_goes
             with pytest.raises(asyncio.CancelledError):
                 await leaves
             assert len(pool._waiters) == 1 and pool.turns == 1
-            turn = pool._waiters[0]
+            due = pool._waiters[0][0]
             done(held, pool)
-            pool._expire(turn)  # its time is up in the same loop iteration as its turn came: the turn stands
+            pool._expire(due)  # its time is up in the same loop iteration as its turn came: the turn stands
             assert (await stays)[2] == ours("stays")
             assert pool.turns == 0 and pool.in_use == 0 and not pool._waiters and len(pool.idle) == 1
             pool.close()
             return up
 
     assert markers(asyncio.run(main())) == [["held", "stays"]]
+
+
+def test_one_timer_bounds_the_whole_line_and_is_set_again_for_the_oldest_waiter() -> None:
+    """Every waiter of a pool waits as long, so the line needs one timer, for its oldest waiter: when it fires
+    every waiter whose time is up leaves (in the order they came) and it is set for the oldest one left."""
+
+    async def main() -> None:
+        async with HostileUpstream(well_behaved) as up:
+            pool, held = await one_held(up)
+            loop = asyncio.get_running_loop()
+            waiters = []
+            for name in ("a", "b", "c"):
+                waiters.append(asyncio.create_task(in_turn(pool, name)))
+                count = len(waiters)
+                await until(lambda: len(pool._waiters) == count)
+            due = [when for when, _ in pool._waiters]
+            assert due == sorted(due) and len(set(due)) == 3
+            assert pool._timer is not None and pool._timer.when() == due[0]
+            pool._expire(due[1])  # what the timer finds when it fires at the second one's time
+            for task in waiters[:2]:
+                with pytest.raises(UpstreamError) as err:
+                    await task
+                assert err.value.reason == "pool"
+            pool._on_timer(loop)  # fired now: nobody else is due, so it is set for the oldest one left
+            assert [when for when, _ in pool._waiters] == due[2:]
+            assert pool._timer is not None and pool._timer.when() == due[2]
+            done(held, pool)
+            assert (await waiters[2])[2] == ours("c")
+            pool._on_timer(loop)
+            assert pool._timer is None  # an empty line has none, the next waiter sets one
+            pool.close()
+
+    asyncio.run(main())

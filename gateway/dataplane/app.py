@@ -211,7 +211,7 @@ class GatewayApp:
             return deadline
         started = time.perf_counter()
         try:
-            await pool.wait_turn(min(pool.settings.timeouts.pool, route.total_timeout))
+            await pool.wait_turn()
         except UpstreamError:
             ex.outcome.error = Failure.POOL
             self.metrics.upstream_failures(route.name, Failure.POOL).inc()

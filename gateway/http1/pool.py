@@ -150,7 +150,9 @@ class Pool:
         self.in_use = 0  # connections lent to requests
         self.turns = 0  # turns held
         self.closed = False
-        self._waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self._waiters: collections.deque[tuple[float, asyncio.Future[bool]]] = collections.deque()  # (time up, waiter)
+        self._timer: asyncio.TimerHandle | None = None  # the line's one timer, for its oldest waiter
+        self._patience = min(settings.timeouts.pool, settings.timeouts.total)
 
     # A pair of calls rather than a context manager, like the app's admission: this runs on every request.
     def take_turn(self) -> bool:
@@ -160,44 +162,49 @@ class Pool:
             return True
         return False
 
-    async def wait_turn(self, timeout: float) -> None:
-        """In line (first come, first served) until a turn is handed over; UpstreamError `pool` when
-        `timeout` is up first. `end_turn` when the request is over, always.
+    async def wait_turn(self) -> None:
+        """In line (first come, first served) until a turn is handed over; UpstreamError `pool` when the
+        wait's bound is up first (`timeouts.pool`, or `timeouts.total` when shorter). `end_turn` when the
+        request is over, always.
 
-        The wait is bounded by one timer that hands the waiter False, not by `asyncio.timeout`: with more
-        callers than connections most requests wait here, and the timeout's context manager (its object, its
-        rescheduling, its checks on exit) cost as much as the rest of a turn together (bench/waiting.py;
-        bench/README.md, "Many callers")."""
+        Every waiter of this pool waits as long, so their times are up in the order they came: one timer for
+        the whole line (`_on_timer`), set for its oldest waiter, bounds them all. A timer per waiter cost a
+        tenth of what the gateway does per request at 1,000 callers (bench/README.md, "Many callers")."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(timeout, self._expire, waiter)
+        entry = (loop.time() + self._patience, waiter)
+        self._waiters.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry[0], self._on_timer, loop)
         try:
             handed = await waiter
         except BaseException:
             if not waiter.done() or waiter.cancelled():
                 waiter.cancel()
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
             elif waiter.result():
                 self.end_turn()  # its turn came, then it gave up: the turn goes to the next in line
             raise
-        finally:
-            timer.cancel()
         if not handed:
             raise UpstreamError("pool", sent=False)
 
-    def _expire(self, waiter: asyncio.Future[bool]) -> None:
-        """A waiter's time is up: out of the line (so a long stall does not pile up expired waiters)."""
-        if not waiter.done():
-            self._waiters.remove(waiter)
-            waiter.set_result(False)
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._expire(loop.time())
+        self._timer = loop.call_at(self._waiters[0][0], self._on_timer, loop) if self._waiters else None
+
+    def _expire(self, now: float) -> None:
+        """Waiters whose time is up at `now` leave the line at once (a long stall piles up none), told False."""
+        while self._waiters and self._waiters[0][0] <= now:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
 
     def end_turn(self) -> None:
         """A turn goes to the oldest waiter, still counted, so no request that arrives later can take it first;
         with nobody waiting it is free again."""
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)
                 return
