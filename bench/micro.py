@@ -266,10 +266,8 @@ class _Answer(Response):
 
 
 class _MemoryPool(Pool):
-    """A Pool (the compiled build checks the type) without connections: every request gets the page."""
-
-    def __init__(self) -> None:  # no super().__init__: nothing to connect to
-        pass
+    """A Pool (the compiled build checks the type) that never connects: every request gets the page. Its
+    turns are the real pool's, on the component's settings."""
 
     async def request(self, method: str, head: bytes, body: object, chunked: bool, deadline: float) -> Response:
         return _Answer()
@@ -295,7 +293,7 @@ async def in_memory_gateway() -> AsyncIterator[Callable[[], Awaitable[None]]]:
     app = create_app(config)
     await app.lifecycle.startup()
     for route in app.runtime.snapshot.routes.routes:
-        route.pool = _MemoryPool()
+        route.pool = _MemoryPool("127.0.0.1", 1, None, route.component)
     scope = {
         "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/zaken/api/v1/zaken",
         "raw_path": b"/zaken/api/v1/zaken", "query_string": b"", "client": ("127.0.0.1", 40000),
@@ -305,11 +303,17 @@ async def in_memory_gateway() -> AsyncIterator[Callable[[], Awaitable[None]]]:
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
+    answered = [0]
+
     async def send(message: dict[str, Any]) -> None:
-        pass
+        if message["type"] == "http.response.start":
+            answered[0] = message["status"]
 
     async def get() -> None:
+        answered[0] = 0
         await app(dict(scope), receive, send)
+        if answered[0] != 200:  # a figure of an error path would pass for the gateway's
+            raise RuntimeError(f"the in-memory gateway answered {answered[0]}, not 200")
 
     try:
         yield get
