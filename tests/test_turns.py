@@ -9,6 +9,7 @@ admission to its turn without a pause.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import threading
@@ -16,9 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from conftest import API_KEY, base_config
+from hostile import HostileUpstream
+from prometheus_client import CollectorRegistry
 from servers import GatewayProcess, ThreadServer, metric_value, wait_until
+from test_runtime import ENV, asgi, data
 from test_security import Recorder, head, parse_reply
+from test_upstream import until, well_behaved
+
+from gateway.config.loading import parse
+from gateway.dataplane.app import create_app
 
 CATALOGI = "/catalogi/api/v1"
 KEY = {"X-API-Key": API_KEY}
@@ -97,3 +106,42 @@ def test_a_reload_that_replaces_the_pool_starts_a_new_line_and_the_old_line_is_s
         finally:
             held.set()
     assert [path.rsplit(b"/", 1)[1] for path in rec.arrived] == [b"held", b"new", b"waiting"]
+
+
+def test_a_request_that_leaves_the_line_holds_nothing_and_every_turn_taken_is_ended() -> None:
+    """In the app, in this event loop: a request cancelled while in line (its caller gone) leaves no place,
+    no turn and no in-flight count behind; a turn taken is ended however the request ends - refused by an
+    open circuit after its turn, or answered."""
+
+    async def main() -> None:
+        async with HostileUpstream(well_behaved) as up:
+            config = data(up.url)
+            config["components"]["zaken"]["max_connections"] = 1
+            config["callers"][0].pop("rate_limit")
+            app = create_app(parse(config), environ=ENV, registry=CollectorRegistry())
+            await app.lifecycle.startup()
+            route = app.runtime.snapshot.routes.match(b"/zaken/api/v1/zaken")
+            assert route is not None
+            pool, key = route.pool, [(b"x-api-key", ENV["KEY_A"].encode())]
+
+            assert pool.take_turn()  # the one turn, held here
+            leaves = asyncio.create_task(asgi(app, "/zaken/api/v1/zaken", key))
+            await until(lambda: len(pool._waiters) == 1)
+            leaves.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaves
+            assert (len(pool._waiters), pool.turns, app.runtime.in_flight["zaken"]) == (0, 1, 0)
+            pool.end_turn()
+
+            breaker = app.runtime.breakers["zaken"]
+            for _ in range(2):
+                breaker.allow()
+                breaker.record(False)
+            status, _ = await asgi(app, "/zaken/api/v1/zaken", key)
+            assert status == 503 and pool.turns == 0  # refused by the circuit after its turn: ended
+            app.runtime.breakers.clear()
+            status, _ = await asgi(app, "/zaken/api/v1/zaken", key)
+            assert status == 200 and (pool.turns, pool.in_use, app.runtime.in_flight["zaken"]) == (0, 0, 0)
+            await app.lifecycle.shutdown()
+
+    asyncio.run(main())
