@@ -215,8 +215,8 @@ class Pool:
         self, method: str, head: bytes, body: bytes | AsyncGenerator[bytes, None] | None, chunked: bool, deadline: float
     ) -> Response:
         """Send one request and wait for the answer's head. `head` is the request line and header block
-        (CRLF CRLF-terminated); the body streams from `body`, framed as chunks when `chunked`. Waiting for a
-        connection, connecting and waiting for the answer end by `deadline` (time.monotonic()); sending the
+        (CRLF CRLF-terminated); the body streams from `body`, framed as chunks when `chunked`. Connecting and
+        waiting for the answer end by `deadline` (time.monotonic()); sending the
         caller's body is bounded by the caller's own pace (the app's body timeout) and `timeouts.write`.
         Made within a turn: the connection is an idle one or a new one, never one more than the turns."""
         conn = await self._acquire(deadline)
